@@ -1,0 +1,49 @@
+"""Version vectors ``{node: next_seq}``: the state of a replica, as a value.
+
+Nodes apply only contiguous per-node prefixes of the log, so the set of applied records is
+exactly described by how far each node's prefix reaches. Two replicas with equal version
+vectors hold equal weights (the exact grid makes the order irrelevant). Nodes with no records
+are left out, so ``{}`` is the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from . import canonical
+
+VersionVector = Mapping[str, int]
+
+
+def normalise(vv: VersionVector) -> dict[str, int]:
+    """A plain dict sorted by node, without zero entries."""
+    return {n: vv[n] for n in sorted(vv) if vv[n] > 0}
+
+
+def digest(vv: VersionVector) -> str:
+    """16 hex digits naming a version vector: SHA-256 of its canonical msgpack."""
+    return canonical.sha256(b"seedswarm/vv/v1", canonical.packb(normalise(vv))).hex()[:16]
+
+
+def total(vv: VersionVector) -> int:
+    """How many records the vector covers."""
+    return sum(vv.values())
+
+
+def merge_max(vectors: Iterable[VersionVector]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for vv in vectors:
+        for n, s in vv.items():
+            if s > out.get(n, 0):
+                out[n] = s
+    return normalise(out)
+
+
+def dominates(a: VersionVector, b: VersionVector) -> bool:
+    """True if ``a`` holds every record ``b`` holds."""
+    return all(a.get(n, 0) >= s for n, s in b.items())
+
+
+def missing(mine: VersionVector, theirs: VersionVector) -> dict[str, tuple[int, int]]:
+    """Per node, the range ``[first, end)`` that ``theirs`` holds and ``mine`` lacks."""
+    return {n: (mine.get(n, 0), s) for n, s in sorted(theirs.items()) if s > mine.get(n, 0)}
