@@ -46,7 +46,6 @@ def unpack_strict(data: bytes, *, max_bytes: int) -> Any:
             use_list=True,
             strict_map_key=True,
             ext_hook=_no_ext,
-            max_buffer_size=max_bytes,
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
             max_array_len=max_bytes,

@@ -1,0 +1,548 @@
+"""``seedswarm bench step|apply|wire``: speed figures, each measured side by side in one run.
+
+Every benchmark prints ratios against a reference measured in the same process, on the same
+machine, a moment apart, because absolute times on shared machines mean little. Times are
+medians over ``--repeats`` runs after a warm-up.
+
+  step   one ZO step  vs  two bare forward passes (the physical floor)
+                      vs  MeZO's loop: torch.manual_seed + torch.normal per parameter, four
+                          regenerations per step (same model, batch and dtype)
+         and the peak memory of a step vs that of the two forward passes.
+  apply  records/s for batches of 1, 16 and 256 records
+                      vs  one fp32 read+write pass over the weights (the memory-bandwidth floor)
+                      vs  one torch.randn per record and parameter (the naive replay)
+  wire   bytes per record through a real MQTT broker, for frames of 1..1024 records, counted on
+         the wire by a TCP relay between the publisher and the broker
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .console import emit_json, table
+from .errors import ConfigError
+from .options import Option, positive
+
+BENCH_OPTIONS = (
+    Option("model", str, "opt-125m-config", "model: opt-125m-config, tiny, minilm, a directory"),
+    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
+    Option("kernel", str, "auto", "kernel under test", choices=("auto", "torch", "cpu", "triton")),
+    Option("batch_size", int, 8, "step: sequences per batch", check=positive),
+    Option("seq_len", int, 64, "step: tokens per sequence", check=positive),
+    Option("repeats", int, 5, "timed repetitions (the median is reported)", check=positive),
+    Option("batches", str, "1,16,256", "apply: record batch sizes"),
+    Option("frames", str, "1,4,16,64,256,1024", "wire: records per frame"),
+    Option("broker", str, "auto", "wire: mosquitto, amqtt, or auto (mosquitto if installed)"),
+    Option("json", bool, False, "print one JSON object"),
+)
+
+
+def register(sub: Any, subcommand: Callable[..., Any]) -> None:
+    subcommand(
+        sub,
+        "bench",
+        "speed benchmarks with side-by-side ratios",
+        [("bench", BENCH_OPTIONS)],
+        [("which", {"choices": ("step", "apply", "wire"), "help": "which benchmark"})],
+    )
+
+
+def run_bench(values: dict[str, Any]) -> int:
+    which = values["which"]
+    result = {"step": bench_step, "apply": bench_apply, "wire": bench_wire}[which](values)
+    result = {"bench": which, "host": _host(), **result}
+    if values["json"]:
+        emit_json(result)
+    else:
+        _print(result)
+    return 0
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _host() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(
+    fn: Callable[[], Any], repeats: int, device: torch.device, warmup: int = 1
+) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _engine(values: dict[str, Any], kernel: str | None = None) -> Any:
+    from seedswarm.model.engine import Engine, Hyper
+    from seedswarm.protocol.manifest import TaskSpec
+
+    from .single import resolve_device
+
+    device = resolve_device(values["device"])
+    task = TaskSpec(kind="causal_lm", seq_len=max(values["seq_len"], 8))
+    return Engine.build(
+        "bench", values["model"], task, Hyper(), device=device, kernel=kernel or values["kernel"]
+    )
+
+
+class _PeakRSS:
+    """Peak resident memory of this process during a block (Linux: VmHWM, reset via clear_refs)."""
+
+    def __enter__(self) -> _PeakRSS:
+        self.ok = Path("/proc/self/clear_refs").exists()
+        if self.ok:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:
+                self.ok = False
+        self.peak = 0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.ok:
+            return
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak = int(line.split()[1]) * 1024
+
+
+def _peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes while ``fn`` runs: GPU allocations on CUDA, resident memory on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    with _PeakRSS() as peak:
+        fn()
+    return peak.peak
+
+
+# -- step ----------------------------------------------------------------------------------------
+
+
+def _mezo_step(
+    params: list[torch.Tensor], loss: Callable[[], float], seed: int, eps: float, lr: float
+) -> float:
+    """MeZO's reference loop (Malladi et al. 2023): z regenerated four times from the seed."""
+
+    def perturb(scale: float) -> None:
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0.0, std=1.0, size=p.shape, device=p.device, dtype=p.dtype)
+            p.add_(z, alpha=scale * eps)
+
+    perturb(1.0)
+    lp = loss()
+    perturb(-2.0)
+    lm = loss()
+    perturb(1.0)
+    g = (lp - lm) / (2 * eps)
+    torch.manual_seed(seed)
+    for p in params:
+        z = torch.normal(mean=0.0, std=1.0, size=p.shape, device=p.device, dtype=p.dtype)
+        p.add_(z, alpha=-lr * g)
+    return g
+
+
+def bench_step(values: dict[str, Any]) -> dict[str, Any]:
+    engine = _engine(values)
+    tm = engine.task_model
+    device = engine.device
+    vocab = int(tm.backbone.config.vocab_size)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (values["batch_size"], values["seq_len"]), generator=gen)
+    batch = {"input_ids": ids.to(device)}
+    repeats = values["repeats"]
+    params = [p.data for _, p in engine.trainable]
+    counter = iter(range(1 << 30))
+
+    def two_forwards() -> None:
+        tm.loss(batch)
+        tm.loss(batch)
+
+    def ours() -> None:
+        engine.step(engine.seed_of("bench", next(counter)), batch)
+
+    def mezo() -> None:
+        _mezo_step(params, lambda: tm.loss(batch), next(counter), 1e-3, 1e-7)
+
+    # interleave the three so that drift in machine load hits all of them alike
+    t_fwd, t_ours, t_mezo = [], [], []
+    for fn in (two_forwards, ours, mezo):
+        fn()  # warm-up
+    for _ in range(repeats):
+        for fn, acc in ((two_forwards, t_fwd), (ours, t_ours), (mezo, t_mezo)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - t0)
+    fwd, zo, mz = (statistics.median(t) for t in (t_fwd, t_ours, t_mezo))
+    mem_fwd = _peak_memory(two_forwards, device)
+    mem_ours = _peak_memory(ours, device)
+    mem_mezo = _peak_memory(mezo, device)
+    weights = sum(p.numel() * p.element_size() for p in tm.parameters())
+    return {
+        "model": values["model"],
+        "params": engine.numel,
+        "device": str(device),
+        "kernel": engine.backend.name,
+        "batch": [values["batch_size"], values["seq_len"]],
+        "repeats": repeats,
+        "seconds": {"two_forwards": fwd, "zo_step": zo, "mezo_step": mz},
+        "ratios": {
+            "zo_step / two_forwards": zo / fwd,
+            "mezo_step / two_forwards": mz / fwd,
+            "mezo_step / zo_step": mz / zo,
+        },
+        "overhead_pct": 100.0 * (zo / fwd - 1.0),
+        "memory_bytes": {
+            "weights": weights,
+            "peak_two_forwards": mem_fwd,
+            "peak_zo_step": mem_ours,
+            "peak_mezo_step": mem_mezo,
+        },
+        "memory_ratio_zo_vs_inference": (mem_ours / mem_fwd) if mem_fwd else None,
+    }
+
+
+# -- apply ---------------------------------------------------------------------------------------
+
+
+def bench_apply(values: dict[str, Any]) -> dict[str, Any]:
+    engine = _engine(values)
+    device = engine.device
+    repeats = values["repeats"]
+    flats = engine._flat
+    numel = engine.numel
+    try:
+        sizes = [int(x) for x in values["batches"].split(",") if x]
+    except ValueError:
+        raise ConfigError("--batches: a comma-separated list of integers, e.g. 1,16,256") from None
+
+    def one_pass() -> None:
+        for f in flats:
+            f.mul_(1.0)  # reads and writes every weight once
+
+    t_pass = _median_time(one_pass, repeats, device)
+    rows = []
+    counter = iter(range(1 << 40))
+    for r in sizes:
+        terms = [(engine.seed_of("bench", next(counter)), 0, 1 + (i % 127)) for i in range(r)]
+        t = _median_time(
+            lambda terms=terms: engine._accumulate(terms), max(1, repeats if r <= 16 else 2), device
+        )
+        rows.append(
+            {
+                "batch": r,
+                "seconds": t,
+                "records_per_s": r / t,
+                "time_vs_one_pass": t / t_pass,
+            }
+        )
+
+    # naive replay: one torch.randn per record and parameter, as a MeZO-style replay would do
+    params = [p.data for _, p in engine.trainable]
+
+    def naive(n: int = 2) -> None:
+        for i in range(n):
+            torch.manual_seed(i)
+            for p in params:
+                p.add_(torch.randn(p.shape, device=p.device, dtype=p.dtype), alpha=1e-7)
+
+    t_naive = _median_time(naive, max(1, repeats // 2), device) / 2
+    naive_rate = 1.0 / t_naive
+    for row in rows:
+        row["vs_naive_randn"] = row["records_per_s"] / naive_rate
+    bytes_pass = 2 * 4 * numel
+    return {
+        "model": values["model"],
+        "params": numel,
+        "device": str(device),
+        "kernel": engine.backend.name,
+        "kernel_threads": getattr(engine.backend, "threads", None),
+        "one_pass_seconds": t_pass,
+        "one_pass_GBps": bytes_pass / t_pass / 1e9,
+        "naive_records_per_s": naive_rate,
+        "batches": rows,
+    }
+
+
+# -- wire ----------------------------------------------------------------------------------------
+
+
+class _CountingRelay:
+    """A TCP relay that counts the bytes each way: the wire, as the broker sees it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = 0  # publisher -> broker
+        self.down = 0  # broker -> publisher
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, up: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if up:
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    dst.close()
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(pipe(reader, up_w, True))
+            tg.create_task(pipe(up_r, writer, False))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@contextlib.contextmanager
+def _mosquitto(port: int) -> Any:
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if exe is None:
+        raise ConfigError(
+            "mosquitto is not installed (apt install mosquitto), or use --broker amqtt"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "m.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        proc = subprocess.Popen(
+            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def bench_wire(values: dict[str, Any]) -> dict[str, Any]:
+    import uvloop
+
+    from .broker import free_port
+
+    try:
+        sizes = [int(x) for x in values["frames"].split(",") if x]
+    except ValueError:
+        raise ConfigError("--frames: a comma-separated list of integers, e.g. 1,16,256") from None
+    kind = values["broker"]
+    if kind == "auto":
+        kind = (
+            "mosquitto"
+            if (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists())
+            else "amqtt"
+        )
+    if kind not in ("mosquitto", "amqtt"):
+        raise ConfigError("--broker for wire: mosquitto, amqtt or auto")
+    port = free_port()
+    if kind == "mosquitto":
+        with _mosquitto(port):
+            rows = uvloop.run(_wire_rows(port, sizes, embedded=False))
+    else:
+        rows = uvloop.run(_wire_rows(port, sizes, embedded=True))
+    return {"broker": kind, "frames": rows}
+
+
+async def _wire_rows(port: int, sizes: list[int], *, embedded: bool) -> list[dict[str, Any]]:
+    import aiomqtt
+
+    from seedswarm.protocol.codec import encode_frame, sign_frame
+    from seedswarm.protocol.records import Frame, q_to_byte
+    from seedswarm.protocol.signing import NodeKey
+
+    from .broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=port) if embedded else None
+    if broker is not None:
+        await broker.start()
+    for _ in range(0 if embedded else 100):  # wait for mosquitto to listen
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    key = NodeKey.generate()
+    topic = "seedswarm/default/records/n0"
+    rows = []
+    try:
+        for n in sizes:
+            for signed in (False, True):
+                relay = _CountingRelay(port)
+                await relay.start()
+                total_records = max(4096, n * 8)
+                frames = math.ceil(total_records / n)
+                async with aiomqtt.Client(
+                    "127.0.0.1", relay.port, identifier=f"wire-{n}-{signed}"
+                ) as c:
+                    base_up = relay.up
+                    seq = 0
+                    payload_bytes = 0
+                    for _ in range(frames):
+                        qs = bytes(q_to_byte((i * 37) % 255 - 127) for i in range(n))
+                        frame = Frame(b"\x01" * 8, "n0", seq, seq // n, qs)
+                        if signed:
+                            frame = sign_frame(frame, key)
+                        body = encode_frame(frame)
+                        payload_bytes += len(body)
+                        await c.publish(topic, body, qos=1)
+                        seq += n
+                    wire_up = relay.up - base_up
+                records = frames * n
+                rows.append(
+                    {
+                        "records_per_frame": n,
+                        "signed": signed,
+                        "payload_bytes_per_record": payload_bytes / records,
+                        "wire_bytes_per_record": wire_up / records,
+                    }
+                )
+                await relay.stop()
+    finally:
+        if broker is not None:
+            await broker.stop()
+    return rows
+
+
+# -- output --------------------------------------------------------------------------------------
+
+
+def _print(result: dict[str, Any]) -> None:
+    which = result["bench"]
+    host = result["host"]
+    print(
+        f"host: {host['cpus']} cpus, torch {host['torch']} ({host['torch_threads']} threads)"
+        + (f", {host['gpu']}" if "gpu" in host else "")
+    )
+    if which == "step":
+        s, r, m = result["seconds"], result["ratios"], result["memory_bytes"]
+        print(
+            f"model {result['model']} ({result['params'] / 1e6:.1f}M trainable), batch "
+            f"{result['batch'][0]}x{result['batch'][1]}, {result['device']}, {result['kernel']} kernel, "
+            f"median of {result['repeats']}"
+        )
+        print(
+            table(
+                ["", "seconds", "vs two forwards"],
+                [
+                    ["two forward passes", f"{s['two_forwards']:.4f}", "1.00x"],
+                    [
+                        "seedswarm ZO step",
+                        f"{s['zo_step']:.4f}",
+                        f"{r['zo_step / two_forwards']:.2f}x",
+                    ],
+                    [
+                        "MeZO reference step",
+                        f"{s['mezo_step']:.4f}",
+                        f"{r['mezo_step / two_forwards']:.2f}x",
+                    ],
+                ],
+            )
+        )
+        print(
+            f"overhead beyond two forwards: {result['overhead_pct']:.1f}%   "
+            f"MeZO / seedswarm: {r['mezo_step / zo_step']:.2f}x"
+        )
+        gib = 1 << 20
+        print(
+            f"peak memory (MiB): weights {m['weights'] / gib:.0f}, two forwards "
+            f"{m['peak_two_forwards'] / gib:.0f}, ZO step {m['peak_zo_step'] / gib:.0f}, "
+            f"MeZO step {m['peak_mezo_step'] / gib:.0f}"
+        )
+    elif which == "apply":
+        print(
+            f"model {result['model']} ({result['params'] / 1e6:.1f}M trainable), {result['device']}, "
+            f"{result['kernel']} kernel ({result['kernel_threads']} threads)"
+        )
+        print(
+            f"one fp32 read+write pass: {result['one_pass_seconds'] * 1e3:.1f} ms "
+            f"({result['one_pass_GBps']:.1f} GB/s); naive randn replay: "
+            f"{result['naive_records_per_s']:.2f} records/s"
+        )
+        print(
+            table(
+                ["records/batch", "seconds", "records/s", "vs one pass", "vs naive randn"],
+                [
+                    [
+                        row["batch"],
+                        f"{row['seconds']:.4f}",
+                        f"{row['records_per_s']:.1f}",
+                        f"{row['time_vs_one_pass']:.2f}x",
+                        f"{row['vs_naive_randn']:.0f}x",
+                    ]
+                    for row in result["batches"]
+                ],
+            )
+        )
+    else:
+        print(f"broker {result['broker']}; bytes counted on the TCP connection to the broker")
+        print(
+            table(
+                ["records/frame", "signed", "payload B/record", "wire B/record"],
+                [
+                    [
+                        row["records_per_frame"],
+                        "yes" if row["signed"] else "no",
+                        f"{row['payload_bytes_per_record']:.3f}",
+                        f"{row['wire_bytes_per_record']:.3f}",
+                    ]
+                    for row in result["frames"]
+                ],
+            )
+        )
+    sys.stdout.flush()

@@ -1,0 +1,50 @@
+"""The embedded broker of ``seedswarm swarm``: amqtt, in the launcher's event loop.
+
+It is the zero-install default for a local swarm. Production swarms and the compose file use
+Mosquitto; nothing in the nodes depends on which broker they talk to.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """An amqtt broker on ``host:port``, anonymous."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        from amqtt.broker import Broker
+
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+        self._broker = Broker(config)
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None

@@ -1,0 +1,401 @@
+"""``seedswarm swarm``: a local swarm in one command.
+
+It builds the run's manifest once, starts an embedded amqtt broker (unless ``--broker`` names
+one), starts N ``seedswarm node`` processes that share the manifest and split the data, shows
+their progress live, and shuts them all down cleanly on Ctrl+C. With ``--steps N`` it ends by
+itself once every node took N steps and every node applied every record, and ``--json`` then
+prints each node's final status (the same JSON as ``/status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .broker import EmbeddedBroker, free_port
+from .console import emit_json, say, table
+from .errors import ConfigError
+from .options import Option, non_negative, positive
+
+SWARM_OPTIONS = (
+    Option("nodes", int, 3, "how many nodes to start", check=positive),
+    Option("broker", str, "", "use this broker instead of the embedded one (mqtt://host:port)"),
+    Option("dir", str, "", "where the nodes keep their data (default: ./swarm-<run name>)"),
+    Option("fresh", bool, False, "delete the swarm directory first"),
+    Option(
+        "steps",
+        int,
+        -1,
+        "own steps per node; the swarm ends once all are done and agree (-1: run until Ctrl+C)",
+    ),
+    Option("batch_size", int, 16, "examples per forward pass", check=positive),
+    Option("device", str, "cpu", "device of every node: cpu, cuda, cuda:N, auto"),
+    Option(
+        "kernel",
+        str,
+        "auto",
+        "sign/apply kernel of every node",
+        choices=("auto", "torch", "cpu", "triton"),
+    ),
+    Option(
+        "torch_threads", int, 1, "torch threads per node (0: torch's default)", check=non_negative
+    ),
+    Option("signed", bool, False, "give every node an Ed25519 key and sign every frame"),
+    Option("timeout", float, 0.0, "give up after this many seconds (0: never)", check=non_negative),
+    Option(
+        "presence_interval", float, 1.0, "seconds between the nodes' heartbeats", check=positive
+    ),
+    Option("json", bool, False, "print the nodes' final status as one JSON object"),
+)
+
+
+@dataclass(slots=True)
+class Member:
+    name: str
+    data_dir: Path
+    http: str
+    proc: asyncio.subprocess.Process | None = None
+    status: dict[str, Any] = field(default_factory=dict)
+    log_path: Path = Path()
+
+
+def run_swarm(values: dict[str, Any]) -> int:
+    import uvloop
+
+    return uvloop.run(Swarm(values).run())
+
+
+class Swarm:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.members: list[Member] = []
+        self.broker: EmbeddedBroker | None = None
+        self._stop = asyncio.Event()
+        self.quiet = values["json"]
+
+    # -- phases -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        code = 1
+        try:
+            manifest_path = await self._prepare()
+            broker_url = await self._start_broker()
+            await self._start_nodes(manifest_path, broker_url)
+            code = await self._watch()
+        finally:
+            await self._shutdown()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if self.members:
+            self._report(code)
+        return code
+
+    async def _prepare(self) -> Path:
+        """Build the run's manifest once (loads the base model) and lay out the directories."""
+        from seedswarm.protocol.signing import NodeKey
+
+        from .runspec import open_engine, plan_run
+
+        v = self.values
+        base = await asyncio.to_thread(Path(v["dir"] or f"swarm-{v['name']}").resolve)
+        await asyncio.to_thread(_reset_dir, base, v["fresh"])
+        names = [f"n{i}" for i in range(v["nodes"])]
+        keys: list[tuple[str, str]] = []
+        key_files: dict[str, Path] = {}
+        if v["signed"]:
+            for name in names:
+                key_path = base / name / "node.key"
+                key_path.parent.mkdir(parents=True, exist_ok=True)
+                if key_path.exists():
+                    key = NodeKey.from_hex(key_path.read_text())
+                else:
+                    key = NodeKey.generate()
+                    key_path.write_text(key.private_hex() + "\n")
+                    key_path.chmod(0o600)
+                keys.append((name, key.public_hex()))
+                key_files[name] = key_path
+        say(f"building the run (model {v['model']}, data {v['data']})...", quiet=self.quiet)
+        plan = await asyncio.to_thread(plan_run, v)
+        engine = await asyncio.to_thread(
+            open_engine, plan, v, device="cpu", kernel="torch", keys=tuple(keys)
+        )
+        manifest = engine.manifest
+        manifest_path = base / "manifest.json"
+        if manifest_path.exists():
+            from .store import read_manifest_file
+
+            old = read_manifest_file(manifest_path)
+            if old.run_id() != manifest.run_id():
+                raise ConfigError(
+                    f"{base} holds another run (differs in: {', '.join(old.differences(manifest))}); "
+                    "use --fresh to start over or --dir for a new directory"
+                )
+        manifest_path.write_text(manifest.to_json())
+        for name in names:
+            m = Member(name, base / name, f"127.0.0.1:{free_port()}")
+            m.log_path = m.data_dir / "node.log"
+            m.data_dir.mkdir(parents=True, exist_ok=True)
+            self.members.append(m)
+        self._key_files = key_files
+        self.base = base
+        self.run_id = manifest.run_id().hex()
+        del engine
+        return manifest_path
+
+    async def _start_broker(self) -> str:
+        if self.values["broker"]:
+            return str(self.values["broker"])
+        self.broker = EmbeddedBroker()
+        await self.broker.start()
+        say(f"embedded MQTT broker (amqtt) at {self.broker.url}", quiet=self.quiet)
+        return self.broker.url
+
+    async def _start_nodes(self, manifest: Path, broker: str) -> None:
+        v = self.values
+        n = len(self.members)
+        for i, m in enumerate(self.members):
+            args = [
+                sys.executable,
+                "-m",
+                "seedswarm.daemon.cli",
+                "node",
+                "--manifest",
+                str(manifest),
+                "--data",
+                v["data"],
+                "--model",
+                v["model"],
+                "--node",
+                m.name,
+                "--shard",
+                f"{i}/{n}",
+                "--data-dir",
+                str(m.data_dir),
+                "--http",
+                m.http,
+                "--broker",
+                broker,
+                "--steps",
+                str(v["steps"]),
+                "--batch-size",
+                str(v["batch_size"]),
+                "--device",
+                v["device"],
+                "--kernel",
+                v["kernel"],
+                "--torch-threads",
+                str(v["torch_threads"]),
+                "--presence-interval",
+                str(v["presence_interval"]),
+            ]
+            if m.name in self._key_files:
+                args += ["--key-file", str(self._key_files[m.name])]
+            env = dict(os.environ, SEEDSWARM_KERNEL_THREADS=str(max(v["torch_threads"], 1)))
+            log_fh = m.log_path.open("ab")
+            try:
+                m.proc = await asyncio.create_subprocess_exec(
+                    *args,
+                    stdout=log_fh,
+                    stderr=log_fh,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=env,
+                )
+            finally:
+                log_fh.close()
+        say(
+            f"started {n} nodes in {self.base} (logs: <node>/node.log); Ctrl+C stops them",
+            quiet=self.quiet,
+        )
+
+    # -- watching -----------------------------------------------------------------------------
+
+    async def _poll(self, session: aiohttp.ClientSession, m: Member, fresh: bool = False) -> None:
+        url = f"http://{m.http}/status" + ("?fresh=1" if fresh else "")
+        try:
+            async with session.get(
+                url, timeout=aiohttp.ClientTimeout(total=30 if fresh else 5)
+            ) as resp:
+                if resp.status == 200:
+                    m.status = await resp.json()
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+
+    async def _watch(self) -> int:
+        v = self.values
+        t0 = time.monotonic()
+        last_print = 0.0
+        tty = sys.stderr.isatty() and not self.quiet
+        async with aiohttp.ClientSession() as session:
+            while not self._stop.is_set():
+                for m in self.members:
+                    assert m.proc is not None
+                    if m.proc.returncode is not None:
+                        say(
+                            f"node {m.name} exited with status {m.proc.returncode}; see {m.log_path}"
+                        )
+                        tail = m.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                        for line in tail:
+                            say(f"  {line}")
+                        return 1
+                await asyncio.gather(*(self._poll(session, m) for m in self.members))
+                now = time.monotonic()
+                if tty:
+                    self._draw(now - t0, redraw=last_print > 0)
+                    last_print = now
+                elif not self.quiet and now - last_print >= 5.0:
+                    self._line(now - t0)
+                    last_print = now
+                if v["steps"] >= 0 and self._all_done():
+                    await asyncio.gather(
+                        *(self._poll(session, m, fresh=True) for m in self.members)
+                    )
+                    if (
+                        self._all_done()
+                        and len({m.status.get("fingerprint") for m in self.members}) == 1
+                    ):
+                        say(
+                            f"all {len(self.members)} nodes took {v['steps']} steps and agree",
+                            quiet=self.quiet,
+                        )
+                        return 0
+                if v["timeout"] and now - t0 > v["timeout"]:
+                    say(f"timed out after {v['timeout']:.0f}s", quiet=self.quiet)
+                    return 1
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._stop.wait()
+            await asyncio.gather(*(self._poll(session, m, fresh=True) for m in self.members))
+        return 0
+
+    def _all_done(self) -> bool:
+        steps = self.values["steps"]
+        want = {m.name: steps for m in self.members if steps > 0}
+        for m in self.members:
+            st = m.status
+            if not st or not st["steps"]["done"] or st["records"]["pending"]:
+                return False
+            if {k: v for k, v in st["version_vector"].items() if v} != want:
+                return False
+        return True
+
+    def _rows(self) -> list[list[Any]]:
+        rows: list[list[Any]] = []
+        for m in self.members:
+            st = m.status
+            if not st:
+                rows.append([m.name, "starting", "-", "-", "-", "-", "-"])
+                continue
+            loss = st["loss"]
+            first = "-" if loss["first"] is None else f"{loss['first']:.3f}"
+            recent = "-" if loss["recent"] is None else f"{loss['recent']:.3f}"
+            rows.append(
+                [
+                    m.name,
+                    st["phase"] if st["ready"] else "joining",
+                    st["steps"]["taken"],
+                    f"{first} -> {recent}",
+                    st["records"]["applied"],
+                    st["fingerprint"][:12],
+                    len([p for p in st["peers"] if p["alive"]]),
+                ]
+            )
+        return rows
+
+    def _draw(self, elapsed: float, *, redraw: bool) -> None:
+        text = table(
+            ["node", "state", "steps", "loss (first -> now)", "records", "fingerprint", "peers"],
+            self._rows(),
+        )
+        lines = text.count("\n") + 2
+        out = sys.stderr
+        if redraw:
+            out.write(f"\x1b[{lines}F\x1b[J")
+        out.write(f"swarm {self.values['name']} ({self.run_id})  {elapsed:.0f}s\n{text}\n")
+        out.flush()
+
+    def _line(self, elapsed: float) -> None:
+        parts = [f"{r[0]} steps {r[2]} loss {r[3]} records {r[4]}" for r in self._rows()]
+        say(f"[{elapsed:5.0f}s] " + " | ".join(parts))
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        live = [m for m in self.members if m.proc is not None and m.proc.returncode is None]
+        for m in live:
+            assert m.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                m.proc.send_signal(signal.SIGTERM)
+        for m in live:
+            assert m.proc is not None
+            try:
+                async with asyncio.timeout(60):
+                    await m.proc.wait()
+            except TimeoutError:
+                say(f"node {m.name} did not stop in 60s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    m.proc.kill()
+                await m.proc.wait()
+        if self.broker is not None:
+            await self.broker.stop()
+
+    def _report(self, code: int) -> None:
+        prints = {m.status.get("fingerprint") for m in self.members if m.status}
+        agree = len(prints) == 1 and all(m.status for m in self.members)
+        if self.values["json"]:
+            emit_json(
+                {
+                    "ok": code == 0,
+                    "dir": str(self.base),
+                    "run_id": self.run_id,
+                    "agree": agree,
+                    "fingerprint": next(iter(prints)) if agree else None,
+                    "nodes": [
+                        dict(
+                            m.status,
+                            data_dir=str(m.data_dir),
+                            log=str(m.log_path),
+                            exit_code=m.proc.returncode if m.proc else None,
+                        )
+                        for m in self.members
+                    ],
+                }
+            )
+            return
+        say("")
+        say(
+            table(
+                ["node", "data", "status endpoint (while running)", "exit"],
+                [
+                    [
+                        m.name,
+                        str(m.data_dir),
+                        f"http://{m.http}",
+                        m.proc.returncode if m.proc else "-",
+                    ]
+                    for m in self.members
+                ],
+            )
+        )
+        if agree:
+            say(f"all nodes agree: fingerprint {next(iter(prints))}")
+        say(f"replay any node with: seedswarm replay {self.members[0].data_dir} --out model")
+
+
+def _reset_dir(base: Path, fresh: bool) -> None:
+    if fresh and base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,157 @@
+/*
+ * seedswarm CPU kernel: Philox4x32-10 Rademacher signs fused with scale-and-add.
+ *
+ *   w[i] += scale * sum_r steps[r] * z_r[i],   z_r[i] = +1 or -1 from Philox under seeds[r]
+ *
+ * for the elements of sign blocks [block_begin, block_end) of one tensor. The layout is
+ * docs/PROTOCOL.md's: block b of tensor t is Philox(key = seed, counter = (b, t, 0, 0)); bit j
+ * (LSB first) of word k gives element 128*b + 32*k + j, 0 meaning +1.
+ *
+ * The steps are whole numbers of grid steps and are summed in int32, so the result does not
+ * depend on the order of records or on the compiler; the single float multiply-add at the end
+ * is exact while the weights stay on their grid (see model/grid.py). The GIL is released, so
+ * Python threads can run disjoint block ranges in parallel. Everything is plain C that GCC
+ * vectorises; target_clones builds AVX2 and AVX-512 variants picked at load time.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 128
+#define TILE_BLOCKS 32 /* 4096 elements: the int32 accumulator tile is 16 KiB, in L1 */
+
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#define SS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SS_CLONES
+#endif
+
+static inline void philox4x32_10(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
+                                 uint32_t c2, uint32_t c3, uint32_t out[4]) {
+    for (int r = 0; r < 10; r++) {
+        if (r) {
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        uint64_t p0 = (uint64_t)0xD2511F53u * c0;
+        uint64_t p1 = (uint64_t)0xCD9E8D57u * c2;
+        uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+        uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+        uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0;
+        c1 = lo1;
+        c2 = n2;
+        c3 = lo0;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
+}
+
+/* acc[0..127] += s * z for one block: the hot loop, vectorised by the compiler. */
+static inline void add_block(int32_t *restrict acc, const uint32_t words[4], int32_t s) {
+    for (int k = 0; k < 4; k++) {
+        uint32_t x = words[k];
+        int32_t *a = acc + 32 * k;
+        for (int j = 0; j < 32; j++) {
+            int32_t m = -(int32_t)((x >> j) & 1u); /* 0 or -1 */
+            a[j] += (s ^ m) - m;                   /* s or -s */
+        }
+    }
+}
+
+SS_CLONES
+static void accumulate_range(float *restrict w, int64_t n, uint32_t tensor_id,
+                             const uint64_t *seeds, const int32_t *steps, int64_t nrec,
+                             float scale, int64_t block_begin, int64_t block_end) {
+    int32_t acc[TILE_BLOCKS * BLOCK];
+    uint32_t words[4];
+    for (int64_t b0 = block_begin; b0 < block_end; b0 += TILE_BLOCKS) {
+        int64_t nb = block_end - b0 < TILE_BLOCKS ? block_end - b0 : TILE_BLOCKS;
+        memset(acc, 0, sizeof(int32_t) * (size_t)(nb * BLOCK));
+        for (int64_t r = 0; r < nrec; r++) {
+            int32_t s = steps[r];
+            if (s == 0) continue;
+            uint32_t k0 = (uint32_t)seeds[r], k1 = (uint32_t)(seeds[r] >> 32);
+            for (int64_t b = 0; b < nb; b++) {
+                philox4x32_10(k0, k1, (uint32_t)(b0 + b), tensor_id, 0u, 0u, words);
+                add_block(acc + b * BLOCK, words, s);
+            }
+        }
+        int64_t first = b0 * BLOCK;
+        int64_t count = nb * BLOCK;
+        if (first + count > n) count = n - first;
+        float *restrict wp = w + first;
+        for (int64_t i = 0; i < count; i++) wp[i] += (float)acc[i] * scale;
+    }
+}
+
+/* signs(out_ptr, n, tensor_id, seed, block_begin, block_end): int8 z values, for tests. */
+static void signs_range(int8_t *out, int64_t n, uint32_t tensor_id, uint64_t seed,
+                        int64_t block_begin, int64_t block_end) {
+    uint32_t words[4];
+    for (int64_t b = block_begin; b < block_end; b++) {
+        philox4x32_10((uint32_t)seed, (uint32_t)(seed >> 32), (uint32_t)b, tensor_id, 0u, 0u,
+                      words);
+        for (int i = 0; i < BLOCK; i++) {
+            int64_t e = b * BLOCK + i;
+            if (e >= n) return;
+            out[e] = (int8_t)(1 - 2 * (int)((words[i >> 5] >> (i & 31)) & 1u));
+        }
+    }
+}
+
+static PyObject *py_accumulate(PyObject *self, PyObject *args) {
+    unsigned long long w_ptr;
+    long long n, tensor_id, block_begin, block_end;
+    Py_buffer seeds, steps;
+    float scale;
+    if (!PyArg_ParseTuple(args, "KLLy*y*fLL", &w_ptr, &n, &tensor_id, &seeds, &steps, &scale,
+                          &block_begin, &block_end))
+        return NULL;
+    int64_t nrec = seeds.len / 8;
+    if (seeds.len != nrec * 8 || steps.len != nrec * 4 || block_begin < 0 ||
+        block_end > (n + BLOCK - 1) / BLOCK || tensor_id < 0 || tensor_id > 0xFFFFFFFFLL) {
+        PyBuffer_Release(&seeds);
+        PyBuffer_Release(&steps);
+        PyErr_SetString(PyExc_ValueError, "accumulate: inconsistent arguments");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    accumulate_range((float *)(uintptr_t)w_ptr, n, (uint32_t)tensor_id,
+                     (const uint64_t *)seeds.buf, (const int32_t *)steps.buf, nrec, scale,
+                     block_begin, block_end);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&seeds);
+    PyBuffer_Release(&steps);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_signs(PyObject *self, PyObject *args) {
+    unsigned long long out_ptr, seed;
+    long long n, tensor_id;
+    if (!PyArg_ParseTuple(args, "KLLK", &out_ptr, &n, &tensor_id, &seed)) return NULL;
+    if (n < 0 || tensor_id < 0 || tensor_id > 0xFFFFFFFFLL) {
+        PyErr_SetString(PyExc_ValueError, "signs: inconsistent arguments");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    signs_range((int8_t *)(uintptr_t)out_ptr, n, (uint32_t)tensor_id, seed, 0,
+                (n + BLOCK - 1) / BLOCK);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"accumulate", py_accumulate, METH_VARARGS,
+     "accumulate(w_ptr, n, tensor_id, seeds_u64le, steps_i32le, scale, block_begin, block_end)"},
+    {"signs", py_signs, METH_VARARGS, "signs(out_ptr, n, tensor_id, seed): int8 +-1 values"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_zokernel",
+                                    "Fused Philox sign generation and apply (CPU).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__zokernel(void) { return PyModule_Create(&module); }

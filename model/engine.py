@@ -1,0 +1,305 @@
+"""The exact ZO engine: a model on its grid, records applied to it, and the ZO step.
+
+One ``Engine`` owns one replica: the task model, the grids of its trainable tensors and a
+kernel backend. Every change to the weights goes through ``_accumulate``, which adds whole
+numbers of grid steps times Rademacher directions, so the weights after any set of records are
+the same bits in any order, in any batching, on any device.
+
+A ZO step (SPSA / MeZO) with the fewest passes over the weights:
+
+    pass 1   theta += eps*z  - sum_peers u*q_r*z_r      (pending peer records ride along)
+             L+ = loss(batch)
+    pass 2   theta -= 2*eps*z
+             L- = loss(batch)
+             g = (L+ - L-) / (2*eps);  q = quantise(lr*g/u)
+    pass 3   theta += eps*z - u*q*z                      (restore fused with the update)
+
+Each pass regenerates z from the seed in the kernel; z is never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from seedswarm.protocol.errors import ManifestError
+from seedswarm.protocol.manifest import Manifest, TaskSpec
+from seedswarm.protocol.quantize import quantize_gradient
+from seedswarm.protocol.records import Record
+from seedswarm.protocol.seeds import derive_seed
+
+from .errors import ModelError
+from .grid import TensorGrid, headroom_bits, make_grid, snap_
+from .kernels import Backend, make_backend
+from .loading import Loaded, load
+from .tasks import Examples, TaskModel
+
+WEIGHTS_DOMAIN = b"seedswarm/weights/v1"
+BASE_DOMAIN = b"seedswarm/base/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Hyper:
+    """The run's ZO hyper-parameters (they end up in the manifest)."""
+
+    epsilon: float = 1e-3
+    lr: float = 1e-4
+    unit_exp: int = -20
+    headroom_exp: int = 3
+    grid_min_exp: int | None = None  # default: unit_exp - 8
+    trainable: str = ""
+    init_seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    q: int
+    g: float
+    loss_plus: float
+    loss_minus: float
+
+    @property
+    def loss(self) -> float:
+        return 0.5 * (self.loss_plus + self.loss_minus)
+
+
+def hash_tensors(
+    domain: bytes, named: Iterable[tuple[str, torch.Tensor]], prefix: bytes = b""
+) -> str:
+    """SHA-256 over names, shapes and little-endian fp32 bytes, in the order given."""
+    h = hashlib.sha256(domain + prefix)
+    for name, t in named:
+        raw = name.encode()
+        h.update(struct.pack("<H", len(raw)) + raw)
+        h.update(struct.pack(f"<B{t.dim()}Q", t.dim(), *t.shape))
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Engine:
+    """One replica: the model on its grid and the operations on it."""
+
+    def __init__(
+        self, manifest: Manifest, task_model: TaskModel, *, device: torch.device, kernel: str
+    ) -> None:
+        self.manifest = manifest
+        self.run_id = manifest.run_id()
+        self.task_model = task_model
+        self.device = device
+        pattern = re.compile(manifest.trainable)
+        named = task_model.named_weights()
+        self.trainable = [(n, p) for n, p in named if pattern.search(n)]
+        if not self.trainable:
+            raise ModelError(f"no parameter matches trainable={manifest.trainable!r}")
+        self.grids = make_grid(
+            self.trainable,
+            epsilon=manifest.epsilon,
+            unit_exp=manifest.unit_exp,
+            headroom_exp=manifest.headroom_exp,
+            grid_min_exp=manifest.grid_min_exp,
+        )
+        for (_, p), grid in zip(self.trainable, self.grids, strict=True):
+            snap_(p.data, grid.exp)
+        self._flat = [p.data.view(-1) for _, p in self.trainable]
+        self.backend: Backend = make_backend(kernel, device)
+        self.numel = sum(g.numel for g in self.grids)
+
+    # -- construction ------------------------------------------------------------------------
+
+    @staticmethod
+    def build(
+        name: str,
+        model_ref: str,
+        task: TaskSpec,
+        hyper: Hyper,
+        *,
+        keys: Sequence[tuple[str, str]] = (),
+        device: torch.device | str = "cpu",
+        kernel: str = "auto",
+        loaded: Loaded | None = None,
+    ) -> Engine:
+        """A new run: load the base, snap it to its grids, and write the manifest around it."""
+        kind = _backbone_kind(task)
+        loaded = loaded or load(model_ref, kind=kind, init_seed=hyper.init_seed)
+        grid_min = hyper.unit_exp - 8 if hyper.grid_min_exp is None else hyper.grid_min_exp
+        draft = Manifest(
+            name=name,
+            model=loaded.portable_ref,
+            base_hash="0" * 64,
+            task=task,
+            epsilon=hyper.epsilon,
+            lr=hyper.lr,
+            unit_exp=hyper.unit_exp,
+            headroom_exp=hyper.headroom_exp,
+            grid_min_exp=grid_min,
+            trainable=hyper.trainable,
+            init_seed=hyper.init_seed,
+            keys=tuple(sorted(keys)),
+        )
+        tm = TaskModel(loaded, task, init_seed=hyper.init_seed)
+        engine = Engine(draft, tm, device=torch.device("cpu"), kernel="torch")
+        manifest = draft.replace(base_hash=engine.base_hash())
+        return Engine._finish(manifest, tm, device, kernel)
+
+    @staticmethod
+    def open(
+        manifest: Manifest,
+        *,
+        model_ref: str | None = None,
+        device: torch.device | str = "cpu",
+        kernel: str = "auto",
+    ) -> Engine:
+        """Join a run: load the base the manifest names and check it is the same, bit for bit."""
+        kind = _backbone_kind(manifest.task)
+        loaded = load(model_ref or manifest.model, kind=kind, init_seed=manifest.init_seed)
+        tm = TaskModel(loaded, manifest.task, init_seed=manifest.init_seed)
+        probe = Engine(manifest, tm, device=torch.device("cpu"), kernel="torch")
+        got = probe.base_hash()
+        if got != manifest.base_hash:
+            raise ManifestError(
+                f"base model mismatch: {model_ref or manifest.model} hashes to {got[:16]} after "
+                f"snapping, the run's base is {manifest.base_hash[:16]}; refusing to join"
+            )
+        return Engine._finish(manifest, tm, device, kernel)
+
+    @staticmethod
+    def _finish(
+        manifest: Manifest, tm: TaskModel, device: torch.device | str, kernel: str
+    ) -> Engine:
+        dev = torch.device(device)
+        tm.to(dev)
+        return Engine(manifest, tm, device=dev, kernel=kernel)
+
+    # -- hashes --------------------------------------------------------------------------------
+
+    def base_hash(self) -> str:
+        """Hash of every parameter (trainable ones snapped); call it on the base model only."""
+        return hash_tensors(BASE_DOMAIN, self.task_model.named_weights())
+
+    def fingerprint(self) -> str:
+        """Hash of the trainable weights now (and of the base they started from)."""
+        return hash_tensors(WEIGHTS_DOMAIN, self.trainable, bytes.fromhex(self.manifest.base_hash))
+
+    # -- updates -------------------------------------------------------------------------------
+
+    def _accumulate(self, terms: Sequence[tuple[int, int, int]]) -> None:
+        """Add ``sum (eps_mult * eps_t - du_t(q)) * z(seed)`` to every trainable tensor.
+
+        terms: (seed, eps_mult, q) triples; a peer record is (seed, 0, q).
+        """
+        if not terms:
+            return
+        seeds = [s for s, _, _ in terms]
+        for flat, grid in zip(self._flat, self.grids, strict=True):
+            steps = [m * grid.eps_steps - grid.update_steps(q) for _, m, q in terms]
+            self.backend.accumulate(flat, grid.tensor_id, seeds, steps, grid.scale)
+
+    def seed_of(self, node: str, seq: int) -> int:
+        return derive_seed(self.run_id, node, seq)
+
+    def apply(self, records: Sequence[Record], *, batch: int = 256) -> None:
+        """Apply records (any order, any batching: the result is the same bits)."""
+        terms = [(self.seed_of(r.node, r.seq), 0, r.q) for r in records if r.q]
+        for i in range(0, len(terms), batch):
+            self._accumulate(terms[i : i + batch])
+
+    def step(
+        self, seed: int, batch: dict[str, torch.Tensor], pending: Sequence[Record] = ()
+    ) -> StepResult:
+        """One ZO step on ``batch``; ``pending`` peer records are applied in the first pass."""
+        peers = [(self.seed_of(r.node, r.seq), 0, r.q) for r in pending if r.q]
+        m = self.manifest
+        self._accumulate([*peers, (seed, 1, 0)])
+        loss_plus = self.task_model.loss(batch)
+        self._accumulate([(seed, -2, 0)])
+        loss_minus = self.task_model.loss(batch)
+        g = (loss_plus - loss_minus) / (2.0 * m.epsilon)
+        if not math.isfinite(g):
+            g = math.nan  # quantises to q = 0: the step is recorded but moves nothing
+        q = quantize_gradient(g, lr=m.lr, unit_exp=m.unit_exp, seed=seed)
+        self._accumulate([(seed, 1, q)])
+        return StepResult(q, g, loss_plus, loss_minus)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def headroom(self) -> tuple[float, str]:
+        """(fewest doublings left before a tensor leaves its exact range, that tensor's name)."""
+        return min(
+            (
+                (headroom_bits(p, g), n)
+                for (n, p), g in zip(self.trainable, self.grids, strict=True)
+            ),
+            key=lambda x: x[0],
+        )
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """CPU copies of the trainable tensors (for snapshots)."""
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.trainable}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        names = [n for n, _ in self.trainable]
+        if sorted(state) != sorted(names):
+            raise ModelError("snapshot tensors do not match the run's trainable parameters")
+        with torch.no_grad():
+            for n, p in self.trainable:
+                src = state[n]
+                if src.shape != p.shape or src.dtype != torch.float32:
+                    raise ModelError(
+                        f"snapshot tensor {n} has shape {tuple(src.shape)}, want {tuple(p.shape)}"
+                    )
+                p.copy_(src)
+
+    def grid_table(self) -> list[TensorGrid]:
+        return list(self.grids)
+
+    # -- evaluation and export ---------------------------------------------------------------
+
+    def evaluate(self, examples: Examples, *, batch_size: int = 64) -> dict[str, float]:
+        """Mean loss (and accuracy for classification) over ``examples``."""
+        tm = self.task_model
+        total, correct, n = 0.0, 0, 0
+        for i in range(0, len(examples), batch_size):
+            part = examples.subset(range(i, min(i + batch_size, len(examples))))
+            batch = tm.make_batch(part)
+            size = len(part)
+            if tm.spec.kind == "classify":
+                logits = tm.logits(batch)
+                total += float(
+                    torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+                )
+                correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            else:
+                total += tm.loss(batch) * size
+            n += size
+        out = {"loss": total / max(n, 1), "examples": float(n)}
+        if tm.spec.kind == "classify":
+            out["accuracy"] = correct / max(n, 1)
+        return out
+
+    def save_pretrained(self, out: Path) -> None:
+        """Write the fine-tuned backbone (and tokenizer, and a new head) with save_pretrained."""
+        out.mkdir(parents=True, exist_ok=True)
+        tm = self.task_model
+        model = tm.backbone
+        model.save_pretrained(str(out))  # type: ignore[operator]
+        tm.tokenizer.save_pretrained(str(out))
+        if tm.head is not None:
+            from safetensors.torch import save_file
+
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tm.head.state_dict().items()},
+                str(out / "seedswarm_head.safetensors"),
+            )
+
+
+def _backbone_kind(task: TaskSpec) -> str:
+    if task.kind == "causal_lm":
+        return "lm"
+    return {"lm": "lm", "mlm": "mlm", "embed": "embed", "head": "embed"}[task.scorer]
