@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +204,9 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
         _mezo_step(params, lambda: tm.loss(batch), next(counter), 1e-3, 1e-7)
 
     # interleave the three so that drift in machine load hits all of them alike
-    t_fwd, t_ours, t_mezo = [], [], []
+    t_fwd: list[float] = []
+    t_ours: list[float] = []
+    t_mezo: list[float] = []
     for fn in (two_forwards, ours, mezo):
         fn()  # warm-up
     for _ in range(repeats):
@@ -261,13 +264,12 @@ def bench_apply(values: dict[str, Any]) -> dict[str, Any]:
             f.mul_(1.0)  # reads and writes every weight once
 
     t_pass = _median_time(one_pass, repeats, device)
-    rows = []
+    rows: list[dict[str, Any]] = []
     counter = iter(range(1 << 40))
     for r in sizes:
         terms = [(engine.seed_of("bench", next(counter)), 0, 1 + (i % 127)) for i in range(r)]
-        t = _median_time(
-            lambda terms=terms: engine._accumulate(terms), max(1, repeats if r <= 16 else 2), device
-        )
+        reps = max(1, repeats if r <= 16 else 2)
+        t = _median_time(partial(engine._accumulate, terms), reps, device)
         rows.append(
             {
                 "batch": r,

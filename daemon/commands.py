@@ -73,6 +73,17 @@ LOG_OPTIONS = (
     Option("limit", int, 50, "records to show", check=positive),
 )
 
+BROKER_OPTIONS = (
+    Option("host", str, "127.0.0.1", "address to listen on"),
+    Option(
+        "port",
+        int,
+        1883,
+        "port to listen on (0: a free port, printed at start)",
+        check=non_negative,
+    ),
+)
+
 KEYGEN_OPTIONS = (
     Option("out", str, "", "write the private key here (default: print it)"),
     Option("json", bool, False, "print one JSON object"),
@@ -111,6 +122,12 @@ def register(sub: Any, subcommand: Callable[..., Any]) -> None:
     )
     subcommand(
         sub,
+        "broker",
+        "run the embedded MQTT broker (amqtt) on its own, until Ctrl+C",
+        [("broker", BROKER_OPTIONS)],
+    )
+    subcommand(
+        sub,
         "keygen",
         "make an Ed25519 key pair for a node of a signed run",
         [("keygen", KEYGEN_OPTIONS)],
@@ -129,6 +146,7 @@ def handlers() -> dict[str, Callable[[dict[str, Any]], int]]:
         "status": client.show_status,
         "log": client.show_log,
         "keygen": keygen,
+        "broker": run_broker,
         "bench": bench.run_bench,
     }
 
@@ -172,4 +190,30 @@ def keygen(values: dict[str, Any]) -> int:
             print(f"private key written to {values['out']}")
         else:
             print(f"private {key.private_hex()}")
+    return 0
+
+
+def run_broker(values: dict[str, Any]) -> int:
+    """The embedded broker as a process of its own (handy for tests and quick experiments)."""
+    import asyncio
+    import signal
+    import sys
+
+    import uvloop
+
+    from .broker import EmbeddedBroker
+
+    async def serve() -> None:
+        broker = EmbeddedBroker(values["host"], values["port"])
+        await broker.start()
+        sys.stdout.write(f"broker listening on {broker.url}\n")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await broker.stop()
+
+    uvloop.run(serve())
     return 0

@@ -114,6 +114,10 @@ def status_dict(node: Node, fingerprint: tuple[str, str, bool]) -> dict[str, Any
             "messages_received": tr.messages_received,
             "bytes_published": tr.bytes_published,
             "records_published": tr.records_published,
+            "frame_bytes_published": tr.frame_bytes_published,
+            "payload_bytes_per_record": (
+                tr.frame_bytes_published / tr.records_published if tr.records_published else None
+            ),
         },
         "dropped": {reason: dict(c) for reason, c in sorted(s.dropped.items())},
         "dropped_total": sum(sum(c.values()) for c in s.dropped.values()),
@@ -122,9 +126,12 @@ def status_dict(node: Node, fingerprint: tuple[str, str, bool]) -> dict[str, Any
         "snapshots": {"taken": s.snapshots, "last": s.last_snapshot},
         "headroom_bits": s.headroom_bits,
         "headroom_warning": (s.headroom_bits is not None and s.headroom_bits < 1.0),
+        "model_busy": node.model.busy,
         "device": str(node.engine.device),
         "kernel": node.engine.backend.name,
         "uptime_s": round(now - s.started, 3),
+        "restored_records": s.restored_records,
+        "replayed_records": s.replayed_records,
         "http": node.http_url,
     }
 

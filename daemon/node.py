@@ -32,6 +32,7 @@ from seedswarm.model.data import sample_batch, shard_indices
 from seedswarm.model.engine import Engine, StepResult
 from seedswarm.model.tasks import Examples, prepare
 from seedswarm.protocol.codec import (
+    MAX_FRAME_BYTES,
     MAX_MESSAGE_BYTES,
     encode_frame,
     frame_from_value,
@@ -91,6 +92,8 @@ class Stats:
     wants_answered: int = 0
     snapshots: int = 0
     last_snapshot: str = ""
+    restored_records: int = 0  # at start-up, from a snapshot
+    replayed_records: int = 0  # at start-up, from the log past the snapshot
     headroom_bits: float | None = None
     headroom_tensor: str = ""
 
@@ -126,6 +129,7 @@ class Node:
         self._key: NodeKey | None = None
         self._conflicts: dict[str, dict[str, Any]] = {}
         self._model_vv: dict[str, int] = {}  # applied records, as the model thread sees them
+        self._since_snapshot = 0
         self.http_url = ""
         self.exit_code = 0
         self.error = ""
@@ -156,6 +160,7 @@ class Node:
         )
         restored = sum(self.applied.values())
         caught = await self.model.run(catch_up, self.engine, self.log, self.applied)
+        self.stats.restored_records, self.stats.replayed_records = restored, caught
         self._model_vv = dict(self.applied)
         log.info(
             "%s: restored %d records from a snapshot, replayed %d from the log",
@@ -307,11 +312,13 @@ class Node:
             accepted: list[Frame] = []
             for kind, sender, payload in batch:
                 try:
-                    value = unpack_strict(payload, max_bytes=MAX_MESSAGE_BYTES)
+                    value = unpack_strict(payload, max_bytes=MAX_FRAME_BYTES)
                     if isinstance(value, dict):
+                        if kind != "sync":
+                            raise DecodeError("a map on a records topic", reason="bad_type")
                         msg = message_from_value(value, run_id=self.run_id)
-                        if kind != "sync" or not isinstance(msg, Want):
-                            raise DecodeError("unexpected message on this topic", reason="bad_type")
+                        if not isinstance(msg, Want):
+                            raise DecodeError("presence on a sync topic", reason="bad_type")
                         self._queue_want(msg)
                         continue
                     frame = frame_from_value(value, run_id=self.run_id, keys=keys)
@@ -421,7 +428,6 @@ class Node:
         return dict(self._model_vv), self.engine.fingerprint()
 
     async def _trainer(self) -> None:
-        since_snapshot = 0
         try:
             while not self._stop.is_set():
                 ready = self._ready_records()
@@ -455,10 +461,9 @@ class Node:
                 advance(self.applied, ready)
                 self.stats.applied_peer_records += len(ready)
                 self.stats.apply_events.append((time.monotonic(), applied_now))
-                since_snapshot += applied_now
-                if since_snapshot >= self.values["snapshot_every"]:
+                self._since_snapshot += applied_now
+                if self._since_snapshot >= self.values["snapshot_every"]:
                     await self._snapshot()
-                    since_snapshot = 0
         finally:
             self._trainer_done.set()
             self._flush_now.set()
@@ -484,6 +489,7 @@ class Node:
         )
         self.stats.snapshots += 1
         self.stats.last_snapshot = info.path.name
+        self._since_snapshot = 0
 
     def _capture(self) -> tuple[dict[str, int], dict[str, torch.Tensor], str, tuple[float, str]]:
         """Model thread: everything a snapshot needs, at one instant."""
@@ -536,7 +542,13 @@ class Node:
             )
             if self._key is not None:
                 frame = sign_frame(frame, self._key)
-            self.log.offer(frame)
+            try:
+                self.log.offer(frame)
+            except ConflictError as exc:
+                raise JoinRefused(
+                    f"another writer published records as {self.me} ({exc}); two nodes must "
+                    "never share a node id (a signed run prevents this)"
+                ) from exc
             frames.append(frame)
         await self.store.call(self.store.store.append, frames)
         self._own_durable.set()
@@ -636,6 +648,8 @@ class Node:
         await self._trainer_done.wait()
         self._flush_now.set()
         await self._flusher_done.wait()
+        if self._since_snapshot:
+            await self._snapshot()  # restart from here instead of replaying the tail
         if self.transport.connected.is_set():
             self._publish_presence(alive=False)
             drained = await self.transport.drain(self.values["drain_timeout"])

@@ -79,6 +79,12 @@ RUN_OPTIONS = (
         check=non_negative,
     ),
     Option(
+        "keys",
+        str,
+        "",
+        "signed run: node=PUBLIC_KEY_HEX pairs separated by commas, or @FILE with one per line",
+    ),
+    Option(
         "manifest", str, "", "a manifest.json to join instead of building one from these options"
     ),
 )
@@ -155,6 +161,24 @@ def plan_run(values: dict[str, Any]) -> RunPlan:
     return RunPlan(None, model, task, hyper, raw)
 
 
+def parse_keys(text: str) -> tuple[tuple[str, str], ...]:
+    """``n0=HEX,n1=HEX`` or ``@file`` (one ``node=HEX`` per line) -> sorted (node, key) pairs."""
+    if not text:
+        return ()
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).expanduser().read_text(encoding="utf-8").replace("\n", ",")
+        except OSError as exc:
+            raise ConfigError(f"--keys {text}: {exc.strerror}") from exc
+    pairs: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        node, sep, key = item.partition("=")
+        if not sep or not re.fullmatch(r"[0-9a-f]{64}", key.strip()):
+            raise ConfigError(f"--keys: {item[:40]!r} is not node=PUBLIC_KEY (64 hex digits)")
+        pairs[node.strip()] = key.strip()
+    return tuple(sorted(pairs.items()))
+
+
 def open_engine(
     plan: RunPlan,
     values: dict[str, Any],
@@ -163,6 +187,7 @@ def open_engine(
     kernel: str,
     keys: tuple[tuple[str, str], ...] = (),
 ) -> Engine:
+    keys = keys or parse_keys(values.get("keys", ""))
     if plan.manifest is not None:
         return Engine.open(plan.manifest, model_ref=plan.model_ref, device=device, kernel=kernel)
     assert plan.task is not None

@@ -111,6 +111,7 @@ class Transport:
         self.last_error = ""
         self.bytes_published = 0
         self.records_published = 0
+        self.frame_bytes_published = 0  # payload bytes of own record frames only
         self.messages_published = 0
         self.messages_received = 0
         self._client: aiomqtt.Client | None = None
@@ -227,4 +228,6 @@ class Transport:
                 self.outbox.popleft()
             self.messages_published += 1
             self.bytes_published += len(item.payload)
-            self.records_published += item.records
+            if item.records:
+                self.records_published += item.records
+                self.frame_bytes_published += len(item.payload)

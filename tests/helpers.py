@@ -1,0 +1,247 @@
+"""Helpers for tests that run real processes: brokers, nodes, the CLI.
+
+Nothing here is a fake: brokers are real Mosquitto / amqtt processes, nodes are real
+``seedswarm node`` processes talking HTTP and MQTT on loopback. Waits have generous deadlines
+(safety nets against hangs on a loaded machine, not speed assertions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+        SEEDSWARM_LOG_LEVEL="info",
+    )
+    return e
+
+
+def cli(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``seedswarm ARGS`` in a subprocess, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "seedswarm.daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"seedswarm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+        )
+    return proc
+
+
+def cli_json(*args: str, timeout: float = 600) -> dict[str, Any]:
+    proc = cli(*args, "--json", timeout=timeout, check=True)
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def wait_until(
+    pred: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.25
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def get_json(url: str, timeout: float = 30) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read().decode())
+
+
+def get_text(url: str, timeout: float = 30) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class Broker:
+    """A real broker process on a free port: Mosquitto, or the embedded amqtt as a process."""
+
+    def __init__(self, kind: str, workdir: Path, *, persistence: bool = False) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.port = free_port()
+        self.persistence = persistence
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / f"{self.kind}.log").open("ab")
+        if self.kind == "mosquitto":
+            assert MOSQUITTO is not None, "mosquitto is not installed (apt install mosquitto)"
+            conf = self.workdir / "mosquitto.conf"
+            lines = [
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                "max_queued_messages 100000",
+                f"persistence {'true' if self.persistence else 'false'}",
+                f"persistence_location {self.workdir}/",
+                "sys_interval 1",
+            ]
+            conf.write_text("\n".join(lines) + "\n")
+            cmd = [MOSQUITTO, "-c", str(conf)]
+        else:
+            cmd = [sys.executable, "-m", "seedswarm.daemon.cli", "broker", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env())
+        log.close()
+        wait_until(self._listening, timeout=60, what=f"{self.kind} to listen")
+
+    def _listening(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
+            return True
+        return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class NodeProc:
+    """A ``seedswarm node`` process with its own data directory and status port."""
+
+    def __init__(
+        self, name: str, workdir: Path, broker_url: str, *extra: str, steps: int = 30
+    ) -> None:
+        self.name = name
+        self.data_dir = workdir / name
+        self.port = free_port()
+        self.broker_url = broker_url
+        self.steps = steps
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def args(self) -> list[str]:
+        return [
+            "node", "--node", self.name, "--data-dir", str(self.data_dir),
+            "--http", f"127.0.0.1:{self.port}", "--broker", self.broker_url,
+            "--steps", str(self.steps), "--torch-threads", "1", "--presence-interval", "0.5",
+            "--join-wait", "0.5", *self.extra,
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seedswarm.daemon.cli", *self.args()],
+            stdout=log, stderr=log, env=env(), start_new_session=True,
+        )  # fmt: skip
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready(self) -> bool:
+        if not self.alive():
+            raise AssertionError(f"node {self.name} exited early:\n{self.tail()}")
+        with contextlib.suppress(OSError, ValueError):
+            return get_text(self.url + "/readyz", timeout=2)[0] == 200
+        return False
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        wait_until(self.ready, timeout=timeout, what=f"node {self.name} to be ready")
+
+    def status(self, fresh: bool = False) -> dict[str, Any]:
+        st: dict[str, Any] = get_json(self.url + "/status" + ("?fresh=1" if fresh else ""))
+        return st
+
+    def full_log(self) -> list[tuple[int, str, int, int]]:
+        out: list[tuple[int, str, int, int]] = []
+        after = ""
+        while True:
+            page = get_json(f"{self.url}/log?limit=500&after={after}")
+            out.extend((r["clock"], r["node"], r["seq"], r["q"]) for r in page["records"])
+            if not page["next"]:
+                return out
+            after = page["next"]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"node {self.name} did not stop on {sig}:\n{self.tail()}"
+            ) from None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@contextlib.contextmanager
+def running(*procs: NodeProc) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.alive():
+                assert p.proc is not None
+                p.proc.kill()
+                p.proc.wait()
+
+
+def converged(nodes: list[NodeProc], expect: dict[str, int]) -> bool:
+    """True when every node applied exactly ``expect`` and has nothing pending."""
+    for n in nodes:
+        st = n.status()
+        if st["version_vector"] != expect or st["records"]["pending"]:
+            return False
+    return True

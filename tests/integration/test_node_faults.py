@@ -1,0 +1,179 @@
+"""Faults and bad input against real node processes and a real broker.
+
+kill -9 in the middle of training, a broker restart that loses every session (no
+persistence), garbage and forged frames from the network, a node that brings another manifest,
+and the status endpoint while the model thread is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiomqtt
+import msgpack
+import pytest
+
+from seedswarm.protocol.codec import encode_frame, sign_frame
+from seedswarm.protocol.records import Frame
+from seedswarm.protocol.signing import NodeKey
+
+from ..helpers import Broker, NodeProc, converged, get_text, running, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+
+
+def test_kill9_and_broker_restart_lose_nothing(tmp_path: Path) -> None:
+    broker = Broker("mosquitto", tmp_path / "broker", persistence=False)
+    broker.start()
+    steps = 60
+    nodes = [NodeProc(f"n{i}", tmp_path, broker.url, steps=steps) for i in range(3)]
+    try:
+        with running(*nodes):
+            for n in nodes:
+                n.start()
+            for n in nodes:
+                n.wait_ready()
+            wait_until(
+                lambda: nodes[2].status()["steps"]["taken"] >= 10, timeout=120, what="n2 to step"
+            )
+            # kill -9 in the middle of training: no goodbye, no final flush, no snapshot
+            nodes[2].stop(signal.SIGKILL)
+            # and the broker goes away too, forgetting every session and queued message
+            broker.stop()
+            time.sleep(1.0)
+            broker.start()  # same port
+            restarted = NodeProc("n2", tmp_path, broker.url, steps=steps)
+            nodes[2] = restarted
+            restarted.start()
+            expect = {n.name: steps for n in nodes}
+            wait_until(lambda: converged(nodes, expect), timeout=300, what="recovery")
+            statuses = [n.status(fresh=True) for n in nodes]
+            assert len({st["fingerprint"] for st in statuses}) == 1
+            for st in statuses:
+                assert "equivocation" not in st["dropped"], st["dropped"]
+                assert st["broker"]["connects"] >= 1
+            assert statuses[0]["broker"]["connects"] >= 2  # n0 reconnected after the restart
+            for n in nodes:
+                assert n.stop() == 0, n.tail()
+    finally:
+        broker.stop()
+
+
+async def _inject(port: int, messages: list[tuple[str, bytes]]) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="attacker") as c:
+        for topic, payload in messages:
+            await c.publish(topic, payload, qos=1)
+
+
+def test_bad_frames_are_dropped_and_counted(mosquitto: Broker, tmp_path: Path) -> None:
+    keys = {name: NodeKey.generate() for name in ("n0", "n1")}
+    for name, key in keys.items():
+        (tmp_path / f"{name}.key").write_text(key.private_hex())
+    key_arg = ",".join(f"{n}={k.public_hex()}" for n, k in keys.items())
+    nodes = [
+        NodeProc(n, tmp_path, mosquitto.url, "--keys", key_arg, "--key-file", str(tmp_path / f"{n}.key"),
+                 steps=20)
+        for n in keys
+    ]  # fmt: skip
+    with running(*nodes):
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            n.wait_ready()
+        run_id = bytes.fromhex(nodes[0].status()["run_id"])
+        base = "seedswarm/default"
+        good = Frame(run_id, "n0", 1000, 5, b"\x01\x02")
+        outsider = NodeKey.generate()
+        messages = [
+            (f"{base}/records/n0", b"\xc1"),  # never valid msgpack
+            (f"{base}/records/n0", b"\x93\x01\x02"),  # truncated array
+            (f"{base}/records/n0", msgpack.packb({"a": 1})),  # a map on a records topic
+            (
+                f"{base}/records/n0",
+                msgpack.packb([9, run_id, "n0", 0, 0, b"\x01", None]),
+            ),  # version
+            (f"{base}/records/n0", encode_frame(Frame(b"other-rn", "n0", 0, 1, b"\x01"))),  # run
+            (f"{base}/records/n0", encode_frame(good)),  # unsigned in a signed run
+            (f"{base}/records/n0", encode_frame(sign_frame(good, outsider))),  # wrong key
+            (
+                f"{base}/records/n9",
+                encode_frame(sign_frame(Frame(run_id, "n9", 0, 1, b"\x01"), outsider)),
+            ),
+            (f"{base}/records/n1", encode_frame(sign_frame(good, keys["n0"]))),  # wrong topic
+            (f"{base}/records/n0", b"\x00" * 9000),  # oversized
+            (f"{base}/sync/n1", msgpack.packb({"v": 1, "t": "want", "from": 5})),  # bad want
+        ]
+        asyncio.run(_inject(mosquitto.port, messages))
+        expect = {"n0": 20, "n1": 20}
+        wait_until(
+            lambda: converged(nodes, expect), timeout=300, what="convergence despite garbage"
+        )
+        wait_until(
+            lambda: nodes[1].status()["dropped_total"] >= 10, timeout=60, what="drops counted"
+        )
+        st = nodes[1].status(fresh=True)
+        dropped = st["dropped"]
+        for reason in (
+            "malformed",
+            "truncated",
+            "bad_type",
+            "bad_version",
+            "wrong_run",
+            "unsigned",
+            "bad_signature",
+            "unknown_signer",
+            "topic_mismatch",
+            "oversized",
+        ):
+            assert reason in dropped, (reason, sorted(dropped.items()))
+        assert st["mode"] == "signed"
+        assert nodes[0].status(fresh=True)["fingerprint"] == st["fingerprint"]
+        status, metrics = get_text(nodes[1].url + "/metrics")
+        assert status == 200
+        assert 'seedswarm_dropped_total{node="n1",reason="bad_signature",sender="n0"}' in metrics
+        for n in nodes:
+            assert n.stop() == 0, n.tail()
+
+
+def test_a_node_with_another_manifest_refuses_to_join(mosquitto: Broker, tmp_path: Path) -> None:
+    first = NodeProc("n0", tmp_path, mosquitto.url, steps=5)
+    other = NodeProc("n1", tmp_path, mosquitto.url, "--lr", "0.01", steps=5)
+    with running(first, other):
+        first.start()
+        first.wait_ready()
+        other.start()
+        assert other.proc is not None
+        code = other.proc.wait(180)
+        assert code == 2
+        log = other.log_path.read_text()
+        assert "refusing to join" in log
+        assert "differs in: lr" in log
+        assert first.stop() == 0
+
+
+def test_status_log_metrics_answer_while_a_step_runs(mosquitto: Broker, tmp_path: Path) -> None:
+    # a batch large enough that one step of the tiny model takes a while
+    node = NodeProc(
+        "n0", tmp_path, mosquitto.url, "--batch-size", "256", "--seq-len", "256", steps=3
+    )
+    with running(node):
+        node.start()
+        node.wait_ready()
+        busy_answers = 0
+        deadline = time.monotonic() + 120
+        while busy_answers < 3 and time.monotonic() < deadline:
+            st = node.status()
+            if st["model_busy"]:
+                steps = st["steps"]["this_session"]
+                # while the model thread is inside one step, every endpoint still answers
+                assert get_text(node.url + "/healthz")[0] == 200
+                assert get_text(node.url + "/log?limit=5")[0] == 200
+                assert get_text(node.url + "/metrics")[0] == 200
+                again = node.status()
+                if again["model_busy"] and again["steps"]["this_session"] == steps:
+                    busy_answers += 1
+        assert busy_answers >= 3, "the endpoints did not answer during a step"
+        assert node.stop() == 0, node.tail()
