@@ -61,6 +61,26 @@ class _NodeLog:
         got = self.pending.get(seq)
         return None if got is None else got[1]
 
+    def clock_below(self, seq: int) -> int | None:
+        """The clock of the nearest held or pending record before ``seq``."""
+        if seq <= 0:
+            return None
+        got = self.clock_of(seq - 1)
+        if got is not None:
+            return got
+        below = [s for s in self.pending if s < seq]  # only when seq - 1 lies in a gap
+        if below:
+            return self.pending[max(below)][1]
+        return self.run_clocks[-1] if self.held else None
+
+    def clock_from(self, seq: int) -> int | None:
+        """The clock of the nearest held or pending record at or after ``seq``."""
+        got = self.clock_of(seq)
+        if got is not None:
+            return got
+        above = [s for s in self.pending if s > seq]  # only when seq lies in a gap
+        return self.pending[min(above)][1] if above else None
+
     def byte_of(self, seq: int) -> int | None:
         if seq < len(self.held):
             return self.held[seq]
@@ -158,8 +178,10 @@ class OrderedLog:
                     f"{n.clock_of(seq)}",
                     reason="equivocation",
                 )
-        before = n.clock_of(frame.first_seq - 1) if frame.first_seq else None
-        after = n.clock_of(frame.end_seq)
+        # Compare with the nearest known records, not only the adjacent seqs: a frame beyond a
+        # gap must also keep the order, or the gap could never be filled consistently.
+        before = n.clock_below(frame.first_seq)
+        after = n.clock_from(frame.end_seq)
         if (before is not None and before > frame.clock) or (
             after is not None and after < frame.clock
         ):
@@ -189,7 +211,9 @@ class OrderedLog:
 
         The caller signs and publishes the frame; this only keeps the log consistent.
         """
-        n = self._nodes.setdefault(node, _NodeLog())
+        n = self._nodes.get(node)
+        if n is None:
+            n = _NodeLog()
         if n.pending:
             raise ConflictError(f"records of {node} beyond a gap exist: own seq would collide")
         first = n.next_seq
@@ -197,11 +221,14 @@ class OrderedLog:
         last = n.clock_of(first - 1) if first else None
         if last is not None and clock < last:
             raise ConflictError("own clock went backwards", reason="clock_regression")
+        # Validate (count, seq and clock ranges, node id) before changing anything.
+        frame = Frame(b"\0" * 8, node, first, clock, frame_qs)
+        self._nodes[node] = n
         for b in frame_qs:
             n.append(b, clock)
         self._held_total += len(frame_qs)
         self._max_clock = max(self._max_clock, clock)
-        return Frame(b"\0" * 8, node, first, clock, frame_qs)
+        return frame
 
     # -- total order -------------------------------------------------------------------------
 

@@ -57,6 +57,9 @@ class TaskSpec:
             )
         if not 8 <= self.seq_len <= 1 << 16:
             raise ManifestError(f"task seq_len must be in [8, 65536], got {self.seq_len}")
+        if not math.isfinite(self.temperature):
+            # NaN would make the task unequal to itself (and not valid JSON)
+            raise ManifestError(f"task temperature must be finite, got {self.temperature}")
         if self.kind == "classify":
             if self.scorer not in SCORERS:
                 raise ManifestError(f"classify scorer must be one of {', '.join(SCORERS)}")
@@ -77,7 +80,7 @@ class TaskSpec:
                 labels=list(self.labels),
                 label_words=list(self.label_words),
                 template=self.template,
-                temperature=self.temperature,
+                temperature=float(self.temperature),
             )
         return d
 
@@ -91,7 +94,7 @@ class TaskSpec:
                 labels=tuple(_str_list(d, "labels")),
                 label_words=tuple(_str_list(d, "label_words")),
                 template=_typed(d, "template", str, ""),
-                temperature=float(_typed(d, "temperature", (int, float), 0.0)),
+                temperature=_float(d, "temperature", 0.0),
             )
         except KeyError as exc:
             raise ManifestError(f"task is missing the field {exc.args[0]!r}") from exc
@@ -143,13 +146,17 @@ class Manifest:
             raise ManifestError("init_seed must be in [0, 2**63)")
         try:
             re.compile(self.trainable)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise ManifestError(f"trainable is not a valid regular expression: {exc}") from exc
         if list(self.keys) != sorted(self.keys) or len({n for n, _ in self.keys}) != len(self.keys):
             raise ManifestError("keys must be sorted by node id, one key per node")
         for node, key in self.keys:
             if not re.fullmatch(r"[0-9a-f]{64}", key):
                 raise ManifestError(f"the public key of {node} must be 64 hex digits (Ed25519)")
+        try:
+            self.canonical_bytes()
+        except UnicodeEncodeError as exc:  # lone surrogates: no UTF-8, so no run id
+            raise ManifestError(f"manifest text is not valid Unicode: {exc}") from exc
 
     @property
     def open_mode(self) -> bool:
@@ -170,8 +177,8 @@ class Manifest:
             "model": self.model,
             "base_hash": self.base_hash,
             "trainable": self.trainable,
-            "epsilon": self.epsilon,
-            "lr": self.lr,
+            "epsilon": float(self.epsilon),
+            "lr": float(self.lr),
             "unit_exp": self.unit_exp,
             "headroom_exp": self.headroom_exp,
             "grid_min_exp": self.grid_min_exp,
@@ -197,8 +204,8 @@ class Manifest:
                 model=_typed(d, "model", str),
                 base_hash=_typed(d, "base_hash", str),
                 trainable=_typed(d, "trainable", str, ""),
-                epsilon=float(_typed(d, "epsilon", (int, float))),
-                lr=float(_typed(d, "lr", (int, float))),
+                epsilon=_float(d, "epsilon"),
+                lr=_float(d, "lr"),
                 unit_exp=_typed(d, "unit_exp", int),
                 headroom_exp=_typed(d, "headroom_exp", int),
                 grid_min_exp=_typed(d, "grid_min_exp", int),
@@ -223,7 +230,7 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
             raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
 
@@ -245,6 +252,14 @@ def _typed(d: Mapping[str, Any], key: str, types: Any, *default: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, types):
         raise ManifestError(f"manifest field {key!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _float(d: Mapping[str, Any], key: str, *default: float) -> float:
+    value = _typed(d, key, (int, float), *default)
+    try:
+        return float(value)
+    except OverflowError as exc:  # an integer beyond float64
+        raise ManifestError(f"manifest field {key!r} is out of range") from exc
 
 
 def _str_list(d: Mapping[str, Any], key: str) -> list[str]:

@@ -1,0 +1,317 @@
+"""OrderedLog: a set of records keyed by (node, seq), contiguous prefixes, and a total order."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seedswarm.protocol.errors import ConflictError, DecodeError, ProtocolError
+from seedswarm.protocol.log import OrderedLog, OrderKey
+from seedswarm.protocol.records import Frame, Record, q_to_byte
+
+from .strategies import RUN
+
+
+def fr(node: str, first: int, qs: list[int], clock: int) -> Frame:
+    return Frame(RUN, node, first, clock, bytes(q_to_byte(q) for q in qs))
+
+
+def key(r: Record) -> OrderKey:
+    return (r.clock, r.node, r.seq)
+
+
+# --- offers ---------------------------------------------------------------------------------
+
+
+def test_in_order_frames() -> None:
+    log = OrderedLog()
+    got = log.offer(fr("a", 0, [1, 2, 3], clock=1))
+    assert [(r.seq, r.q, r.clock) for r in got.new] == [(0, 1, 1), (1, 2, 1), (2, 3, 1)]
+    assert got.duplicates == 0
+    assert got.advanced
+    assert log.held() == {"a": 3}
+    assert log.next_seq("a") == 3
+    assert log.next_seq("nobody") == 0
+    assert log.held_count() == 3
+    assert log.pending_count() == 0
+    assert log.max_clock == 1
+    assert log.get("a", 1) == Record("a", 1, 2, 1)
+    assert log.get("a", 3) is None
+    assert log.get("a", -1) is None
+    assert log.get("b", 0) is None
+    assert log.records("a", 1, 10) == [Record("a", 1, 2, 1), Record("a", 2, 3, 1)]
+    assert log.records("a", -5, 1) == [Record("a", 0, 1, 1)]
+    assert log.records("b", 0, 10) == []
+
+
+def test_duplicates_are_counted_not_stored_twice() -> None:
+    log = OrderedLog()
+    log.offer(fr("a", 0, [1, 2, 3], clock=1))
+    again = log.offer(fr("a", 0, [1, 2, 3], clock=1))
+    assert again.new == ()
+    assert again.duplicates == 3
+    assert not again.advanced
+    partly = log.offer(fr("a", 2, [3, 4, 5], clock=1))
+    assert [r.seq for r in partly.new] == [3, 4]
+    assert partly.duplicates == 1
+    assert log.held_count() == 5
+
+
+def test_out_of_order_frames_fill_gaps() -> None:
+    log = OrderedLog()
+    late = log.offer(fr("a", 4, [5, 6], clock=3))
+    assert [r.seq for r in late.new] == [4, 5]
+    assert not late.advanced
+    assert log.held() == {}
+    assert log.pending_count() == 2
+    assert log.held_count() == 0
+    assert log.max_clock == 3
+    assert log.get("a", 4) is None  # not contiguous yet
+    assert list(log.ordered()) == []
+    assert log.offer(fr("a", 4, [5, 6], clock=3)).duplicates == 2  # pending duplicates count
+    mid = log.offer(fr("a", 0, [1, 2], clock=1))
+    assert mid.advanced
+    assert log.held() == {"a": 2}
+    gap = log.offer(fr("a", 2, [3, 4], clock=2))
+    assert gap.advanced
+    assert log.held() == {"a": 6}
+    assert log.pending_count() == 0
+    assert log.held_count() == 6
+    assert [(r.seq, r.q, r.clock) for r in log.records("a", 0, 6)] == [
+        (0, 1, 1), (1, 2, 1), (2, 3, 2), (3, 4, 2), (4, 5, 3), (5, 6, 3),
+    ]  # fmt: skip
+
+
+def _snapshot(log: OrderedLog) -> tuple[object, ...]:
+    nodes = ["a", "b"]
+    return (
+        log.held(),
+        log.held_count(),
+        log.pending_count(),
+        log.max_clock,
+        list(log.ordered()),
+        [log.next_seq(n) for n in nodes],
+        [[log.get(n, s) for s in range(12)] for n in nodes],
+    )
+
+
+def test_equivocation_is_rejected_atomically() -> None:
+    log = OrderedLog()
+    log.offer(fr("a", 0, [1, 2, 3, 4, 5], clock=1))
+    log.offer(fr("a", 8, [9], clock=4))  # pending beyond a gap
+    before = _snapshot(log)
+    # seqs 3..4 are duplicates, 5..7 would be new, 4 contradicts: nothing is stored
+    with pytest.raises(ConflictError) as info:
+        log.offer(fr("a", 3, [4, -5, 6, 7, 8], clock=1))
+    assert info.value.reason == "equivocation"
+    assert _snapshot(log) == before
+    # against a pending record, too
+    with pytest.raises(ConflictError):
+        log.offer(fr("a", 5, [6, 7, 8, 10], clock=4))
+    assert _snapshot(log) == before
+    # the honest frame is still welcome
+    assert log.offer(fr("a", 5, [6, 7, 8], clock=2)).advanced
+    assert log.held() == {"a": 9}
+
+
+def test_same_record_with_another_clock_is_equivocation() -> None:
+    log = OrderedLog()
+    log.offer(fr("a", 0, [1, 2], clock=5))
+    with pytest.raises(ConflictError) as info:
+        log.offer(fr("a", 1, [2], clock=6))
+    assert info.value.reason == "equivocation"
+    assert log.records("a", 0, 2)[1].clock == 5
+
+
+def test_new_node_rejected_leaves_no_trace() -> None:
+    log = OrderedLog(future_window=4)
+    with pytest.raises(ProtocolError):
+        log.offer(fr("z", 5, [1], clock=1))
+    assert log.held() == {}
+    assert log.pending_count() == 0
+    assert list(log.ordered()) == []
+
+
+def test_future_seq_beyond_the_window() -> None:
+    log = OrderedLog(future_window=10)
+    assert not log.offer(fr("a", 10, [1], clock=1)).advanced  # exactly at the edge: held
+    with pytest.raises(ProtocolError) as info:
+        log.offer(fr("a", 11, [1], clock=1))
+    assert info.value.reason == "future_seq"
+    assert not isinstance(info.value, ConflictError)
+    log.offer(fr("a", 0, [1] * 5, clock=1))
+    assert log.offer(fr("a", 15, [1], clock=1)).new  # the window moves with the prefix
+    assert log.pending_count() == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (fr("a", 0, [1, 1], clock=5), fr("a", 2, [1], clock=4)),  # just after, earlier clock
+        (fr("a", 2, [1], clock=4), fr("a", 0, [1, 1], clock=5)),  # just before, later clock
+        (fr("a", 5, [1], clock=4), fr("a", 1, [1], clock=5)),  # beyond a gap, both pending
+        (fr("a", 1, [1], clock=5), fr("a", 5, [1], clock=4)),
+        (fr("a", 0, [1, 1], clock=5), fr("a", 7, [1], clock=4)),  # beyond a gap after a prefix
+    ],
+)
+def test_clock_regression(first: Frame, second: Frame) -> None:
+    log = OrderedLog()
+    log.offer(first)
+    before = _snapshot(log)
+    with pytest.raises(ConflictError) as info:
+        log.offer(second)
+    assert info.value.reason == "clock_regression"
+    assert _snapshot(log) == before
+
+
+def test_gap_stays_fillable_after_a_rejected_clock() -> None:
+    # A frame beyond a gap that contradicts the clock order of a known later record is
+    # rejected, so the honest records can still fill the gap.
+    log = OrderedLog()
+    log.offer(fr("a", 0, [1], clock=1))
+    log.offer(fr("a", 100, [1], clock=10))
+    with pytest.raises(ConflictError):
+        log.offer(fr("a", 50, [1], clock=20))
+    log.offer(fr("a", 1, [1] * 99, clock=7))
+    assert log.held() == {"a": 101}
+    clocks = [r.clock for r in log.records("a", 0, 101)]
+    assert clocks == sorted(clocks)
+
+
+def test_equal_clocks_across_frames_are_fine() -> None:
+    log = OrderedLog()
+    log.offer(fr("a", 3, [1], clock=2))
+    log.offer(fr("a", 0, [1, 1, 1], clock=2))
+    assert log.held() == {"a": 4}
+
+
+# --- own records ----------------------------------------------------------------------------
+
+
+def test_add_own() -> None:
+    log = OrderedLog()
+    log.offer(fr("b", 0, [1], clock=7))
+    f = log.add_own("me", [1, -1, 127], clock=log.max_clock + 1)
+    assert (f.node, f.first_seq, f.clock, f.q_values()) == ("me", 0, 8, [1, -1, 127])
+    assert log.held() == {"b": 1, "me": 3}
+    assert log.max_clock == 8
+    g = log.add_own("me", [0], clock=8)
+    assert g.first_seq == 3
+    assert log.held_count() == 5
+    # the own frame, signed and relayed back, is a duplicate
+    assert log.offer(Frame(RUN, "me", 0, 8, f.qs)).duplicates == 3
+
+
+def test_add_own_rejects_and_changes_nothing() -> None:
+    log = OrderedLog()
+    log.add_own("me", [1], clock=5)
+    before = (log.held(), log.held_count(), log.max_clock, list(log.ordered()))
+    with pytest.raises(ConflictError) as info:
+        log.add_own("me", [1], clock=4)
+    assert info.value.reason == "clock_regression"
+    with pytest.raises(ValueError, match="out of range"):
+        log.add_own("me", [1, -128], clock=6)
+    with pytest.raises(DecodeError):
+        log.add_own("me", [1] * 4097, clock=6)
+    with pytest.raises(DecodeError):
+        log.add_own("me", [], clock=6)
+    with pytest.raises(DecodeError):
+        log.add_own("me", [1], clock=2**63)
+    with pytest.raises(DecodeError):
+        log.add_own("not/valid", [1], clock=6)
+    assert (log.held(), log.held_count(), log.max_clock, list(log.ordered())) == before
+    log.offer(fr("me", 5, [1], clock=9))
+    with pytest.raises(ConflictError):  # records beyond a gap: a fresh seq could collide
+        log.add_own("me", [1], clock=9)
+
+
+# --- the total order ------------------------------------------------------------------------
+
+
+def test_ordered_is_clock_node_seq() -> None:
+    log = OrderedLog()
+    log.offer(fr("b", 0, [1, 2], clock=1))
+    log.offer(fr("a", 0, [3], clock=2))
+    log.offer(fr("a", 1, [4], clock=2))
+    log.offer(fr("b", 2, [5], clock=2))
+    log.offer(fr("a", 2, [6], clock=3))
+    got = [(r.clock, r.node, r.seq) for r in log.ordered()]
+    assert got == [(1, "b", 0), (1, "b", 1), (2, "a", 0), (2, "a", 1), (2, "b", 2), (3, "a", 2)]
+    assert [key(r) for r in log.ordered(after=(2, "a", 1))] == [(2, "b", 2), (3, "a", 2)]
+    assert [key(r) for r in log.ordered(after=(2, "a", 99))] == [(2, "b", 2), (3, "a", 2)]
+    assert [key(r) for r in log.ordered(after=(1, "c", 0))] == got[2:]
+    assert list(log.ordered(after=(3, "a", 2))) == []
+    assert list(log.ordered(after=(-1, "", -1))) == list(log.ordered())
+
+
+# --- delivery order does not matter (hypothesis) --------------------------------------------
+
+NODES = ["a", "b", "c"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[Frame], list[Frame]]:
+    """Honest frames of several nodes, and a delivery: shuffled, with duplicates and parts."""
+    originals: list[Frame] = []
+    for node in NODES[: draw(st.integers(1, len(NODES)))]:
+        seq, clock = 0, draw(st.integers(0, 5))
+        for _ in range(draw(st.integers(0, 6))):
+            qs = draw(st.lists(st.integers(-127, 127), min_size=1, max_size=5))
+            originals.append(fr(node, seq, qs, clock))
+            seq += len(qs)
+            clock += draw(st.integers(0, 3))
+    delivery = list(originals)
+    for f in originals:
+        for _ in range(draw(st.integers(0, 2))):  # relayed copies, whole or in part
+            lo = draw(st.integers(0, f.count - 1))
+            hi = draw(st.integers(lo + 1, f.count))
+            delivery.append(Frame(RUN, f.node, f.first_seq + lo, f.clock, f.qs[lo:hi]))
+    return originals, draw(st.permutations(delivery))
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=histories(), probes=st.lists(st.tuples(st.integers(-1, 25), st.sampled_from(
+    ["", "a", "aa", "b", "c", "d"]), st.integers(-1, 40)), max_size=5))  # fmt: skip
+def test_delivery_order_does_not_matter(
+    history: tuple[list[Frame], list[Frame]], probes: list[OrderKey]
+) -> None:
+    originals, delivery = history
+    expected = sorted((r for f in originals for r in f.records()), key=key)
+    reference = OrderedLog()
+    for f in originals:
+        reference.offer(f)
+
+    log = OrderedLog()
+    new_total = dup_total = 0
+    for f in delivery:
+        got = log.offer(f)
+        new_total += len(got.new)
+        dup_total += got.duplicates
+        # At every moment the ordered view is exactly the contiguous records, in order.
+        prefix = [r for r in expected if r.seq < log.next_seq(r.node)]
+        assert list(log.ordered()) == prefix
+        assert log.held_count() == len(prefix)
+
+    assert new_total == len(expected)
+    assert dup_total == sum(f.count for f in delivery) - len(expected)
+    assert log.pending_count() == 0
+    assert log.held() == reference.held()
+    assert log.held() == {n: log.next_seq(n) for n in NODES if log.next_seq(n)}
+    assert list(log.ordered()) == expected == list(reference.ordered())
+    assert log.max_clock == reference.max_clock
+    for r in expected:
+        assert log.get(r.node, r.seq) == r
+
+    # Cursor pagination: pages of any size, resumed from the last key, give the whole order.
+    for size in (1, 2, 7):
+        pages: list[Record] = []
+        cursor: OrderKey | None = None
+        while page := list(itertools.islice(log.ordered(after=cursor), size)):
+            pages.extend(page)
+            cursor = key(page[-1])
+        assert pages == expected
+    for probe in probes:
+        assert list(log.ordered(after=probe)) == [r for r in expected if key(r) > probe]
