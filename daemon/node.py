@@ -40,6 +40,7 @@ from seedswarm.protocol.codec import (
     unpack_strict,
 )
 from seedswarm.protocol.errors import ConflictError, DecodeError, ProtocolError
+from seedswarm.protocol.ids import check_node_id
 from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.manifest import Manifest
 from seedswarm.protocol.messages import (
@@ -56,6 +57,7 @@ from seedswarm.protocol.vv import digest
 
 from . import snapshots
 from .errors import ConfigError, JoinRefused
+from .http_status import parse_listen
 from .replica import advance, catch_up, restore_snapshot
 from .runspec import RunPlan, open_engine, plan_run
 from .single import LOG, SNAPSHOTS, parse_shard, resolve_device, write_manifest
@@ -138,6 +140,11 @@ class Node:
 
     async def startup(self) -> None:
         v = self.values
+        # settings first: a typo should cost one line, not a model load
+        check_node_id_setting(self.me)
+        address = BrokerAddress.parse(v["broker"], username=v["username"], password=v["password"])
+        parse_listen(v["http"])
+        parse_shard(v["shard"])
         device = resolve_device(v["device"])
         self.model = ModelThread(torch_threads=v["torch_threads"])
         plan: RunPlan = plan_run(v)
@@ -171,7 +178,7 @@ class Node:
         self.examples: Examples = await self.model.run(self._examples, plan)
         self.planner = SyncPlanner(self.me)
         self.transport = Transport(
-            BrokerAddress.parse(v["broker"], username=v["username"], password=v["password"]),
+            address,
             client_id=f"seedswarm-{self.manifest.name}-{self.me}",
             subscriptions=self.topics.subscriptions(self.me),
             on_message=self._on_message,
@@ -688,3 +695,10 @@ class Node:
             self.fingerprint_cache = (digest(vv), fp)
             return fp, digest(vv), False
         return cached, cached_digest, True
+
+
+def check_node_id_setting(node: str) -> None:
+    try:
+        check_node_id(node)
+    except DecodeError as exc:
+        raise ConfigError(f"--node: {exc}") from exc

@@ -71,8 +71,9 @@ def write_manifest(run_dir: Path, manifest: Manifest) -> None:
 
 def train(values: dict[str, Any]) -> int:
     out = Path(values["out"])
-    plan = plan_run(values)
+    parse_shard(values["shard"])  # settings first: a typo should cost one line, not a model load
     device = resolve_device(values["device"])
+    plan = plan_run(values)
     engine = open_engine(plan, values, device=device, kernel=values["kernel"])
     engine.task_model.amp_dtype = torch.bfloat16 if values["amp"] and device != "cpu" else None
     manifest = engine.manifest
