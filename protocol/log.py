@@ -16,6 +16,7 @@ Invariants:
     frame that carries it is rejected as a whole and nothing of it is stored.
   * A node's clocks never decrease with seq. A frame that would break this is rejected.
   * ``next_seq(node)`` only grows; records below it are never removed.
+  * A frame may not raise the largest clock seen by more than ``MAX_CLOCK_JUMP``.
   * Frames more than ``future_window`` records beyond a node's prefix are rejected
     (``future_seq``), which bounds the memory a peer can make us spend.
   * The total order shown to people is ``(clock, node, seq)`` over the contiguous records.
@@ -33,6 +34,10 @@ from .errors import ConflictError, ProtocolError
 from .records import Frame, Record, byte_to_q, q_to_byte
 
 OrderKey = tuple[int, str, int]  # (clock, node, seq)
+
+# A Lamport clock grows by about one per frame. A frame that jumps it by more than this is
+# hostile or broken: accepted, it would push every later own frame towards the 2**63 limit.
+MAX_CLOCK_JUMP = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,11 @@ class OrderedLog:
         n = self._nodes.get(frame.node)
         if n is None:
             n = _NodeLog()
+        if frame.clock > self._max_clock + MAX_CLOCK_JUMP:
+            raise ProtocolError(
+                f"frame of {frame.node} jumps the clock from {self._max_clock} to {frame.clock}",
+                reason="clock_jump",
+            )
         if frame.first_seq > n.next_seq + self._future_window:
             raise ProtocolError(
                 f"frame of {frame.node} starts at {frame.first_seq}, more than "

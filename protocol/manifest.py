@@ -86,6 +86,7 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TaskSpec:
+        _no_unknown(d, TASK_FIELDS, "task")
         try:
             return cls(
                 kind=_typed(d, "kind", str),
@@ -191,6 +192,7 @@ class Manifest:
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         if not isinstance(d, Mapping):
             raise ManifestError("a manifest must be a map")
+        _no_unknown(d, MANIFEST_FIELDS, "manifest")
         try:
             keys = d.get("keys", {}) or {}
             if not isinstance(keys, Mapping):
@@ -267,3 +269,21 @@ def _str_list(d: Mapping[str, Any], key: str) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ManifestError(f"task field {key!r} must be a list of strings")
     return list(value)
+
+
+TASK_FIELDS = frozenset(
+    {"kind", "seq_len", "scorer", "labels", "label_words", "template", "temperature"}
+)
+MANIFEST_FIELDS = frozenset(
+    {
+        "format", "name", "model", "base_hash", "trainable", "epsilon", "lr", "unit_exp",
+        "headroom_exp", "grid_min_exp", "init_seed", "task", "keys",
+    }
+)  # fmt: skip
+
+
+def _no_unknown(d: Mapping[str, Any], known: frozenset[str], what: str) -> None:
+    """A typo must not silently drop a setting out of the run id."""
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise ManifestError(f"{what} has an unknown field {unknown[0]!r}")

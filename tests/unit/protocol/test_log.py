@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seedswarm.protocol.errors import ConflictError, DecodeError, ProtocolError
-from seedswarm.protocol.log import OrderedLog, OrderKey
+from seedswarm.protocol.log import MAX_CLOCK_JUMP, OrderedLog, OrderKey
 from seedswarm.protocol.records import Frame, Record, q_to_byte
 
 from .strategies import RUN
@@ -145,6 +145,17 @@ def test_future_seq_beyond_the_window() -> None:
     log.offer(fr("a", 0, [1] * 5, clock=1))
     assert log.offer(fr("a", 15, [1], clock=1)).new  # the window moves with the prefix
     assert log.pending_count() == 2
+
+
+def test_a_frame_may_not_jump_the_clock() -> None:
+    log = OrderedLog()
+    log.offer(fr("a", 0, [1], clock=7))
+    assert log.offer(fr("b", 0, [1], clock=7 + MAX_CLOCK_JUMP)).new  # exactly the limit: fine
+    with pytest.raises(ProtocolError) as info:
+        log.offer(fr("c", 0, [1], clock=7 + 2 * MAX_CLOCK_JUMP + 1))
+    assert info.value.reason == "clock_jump"
+    assert log.next_seq("c") == 0
+    assert log.max_clock == 7 + MAX_CLOCK_JUMP
 
 
 @pytest.mark.parametrize(

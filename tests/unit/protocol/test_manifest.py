@@ -297,3 +297,15 @@ def test_any_field_value_gives_a_manifest_or_a_manifest_error(field: str, value:
     # Whatever was accepted is a usable manifest: it hashes and round-trips.
     assert len(m.run_id()) == 8
     assert Manifest.from_json(m.to_json()) == m
+
+
+@pytest.mark.parametrize("where", ["manifest", "task"])
+def test_unknown_fields_are_refused(where: str) -> None:
+    """A misspelt field must not drop out of the run id silently."""
+    d = manifest().to_dict()
+    if where == "manifest":
+        d["learning_rate"] = 0.1
+    else:
+        d["task"]["seqlen"] = 5
+    with pytest.raises(ManifestError, match="unknown field"):
+        Manifest.from_dict(d)
