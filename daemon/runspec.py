@@ -92,7 +92,9 @@ RUN_OPTIONS = (
 # Hyper-parameters measured to learn on each kind of model (see README, "Choosing lr and u").
 PRESETS = {
     "tiny": {"lr": 3e-3, "unit_exp": -12, "seq_len": 64},
-    "default": {"lr": 5e-5, "unit_exp": -18, "seq_len": 128},
+    # MiniLM on SST-2, batch 16: dev accuracy 69.6% -> 75.2% in 1500 steps, still rising;
+    # lr 1e-4 peaked at 75.3% after 250 steps and then diverged (55.5% at 1000).
+    "default": {"lr": 3e-5, "unit_exp": -18, "seq_len": 128},
 }
 
 

@@ -10,7 +10,6 @@ records reads and writes each weight once, and Philox costs 1/128 of an evaluati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -32,7 +31,7 @@ def triton_available() -> bool:
 if _HAVE_TRITON:
 
     @triton.jit
-    def _philox(k0: Any, k1: Any, c0: Any, c1: Any, c2: Any, c3: Any) -> Any:
+    def _philox(k0, k1, c0, c1, c2, c3):  # type: ignore[no-untyped-def]
         for r in tl.static_range(10):
             if r > 0:
                 k0 = k0 + 0x9E3779B9
@@ -50,22 +49,15 @@ if _HAVE_TRITON:
         return c0, c1, c2, c3
 
     @triton.jit
-    def _accumulate_kernel(
-        w_ptr: Any,
-        n: Any,
-        tensor_id: Any,
-        keys_ptr: Any,
-        steps_ptr: Any,
-        nrec: Any,
-        scale: Any,
-        TILE: tl.constexpr,
-    ) -> None:
+    def _accumulate_kernel(  # type: ignore[no-untyped-def]
+        w_ptr, n, tensor_id, keys_ptr, steps_ptr, nrec, scale, TILE: tl.constexpr
+    ):
         pid = tl.program_id(0)
         blocks = pid * TILE + tl.arange(0, TILE)[:, None]  # (TILE, 1)
         cols = tl.arange(0, 128)[None, :]  # (1, 128)
         c0 = blocks.to(tl.uint32)
         zero = tl.zeros_like(c0)
-        c1 = zero + tensor_id.to(tl.uint32)
+        c1 = zero + tensor_id  # uint32 (tensor_id may arrive as a specialised constant)
         shift = (cols % 32).to(tl.uint32)
         word = cols // 32
         acc = tl.zeros((TILE, 128), dtype=tl.int32)
