@@ -74,13 +74,18 @@ def _rows_to_data(rows: Sequence[dict[str, object]], where: str) -> RawData:
     text_col = next((c for c in TEXT_COLUMNS if c in cols), None)
     if text_col is None:
         raise DataError(f"{where} needs a 'sentence' or 'text' column (has: {', '.join(cols)})")
-    texts = tuple(str(r.get(text_col, "")) for r in rows)
+    texts = tuple(_cell(r.get(text_col)) for r in rows)
     if "label" not in cols:
         return RawData(texts, None)
-    labels = tuple(str(r.get("label", "")).strip() for r in rows)
+    labels = tuple(_cell(r.get("label")).strip() for r in rows)
     if any(not lab for lab in labels):
         raise DataError(f"{where} has rows without a label")
     return RawData(texts, labels)
+
+
+def _cell(value: object) -> str:
+    """A table cell as text; a missing one (short CSV row, JSON null) is empty, not "None"."""
+    return "" if value is None else str(value)
 
 
 def _jsonl(path: Path) -> RawData:

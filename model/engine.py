@@ -38,6 +38,7 @@ from seedswarm.protocol.seeds import derive_seed
 from .errors import ModelError
 from .grid import TensorGrid, headroom_bits, make_grid, snap_
 from .kernels import Backend, make_backend
+from .layout import pack_
 from .loading import Loaded, load
 from .tasks import Examples, TaskModel
 
@@ -107,7 +108,8 @@ class Engine:
         )
         for (_, p), grid in zip(self.trainable, self.grids, strict=True):
             snap_(p.data, grid.exp)
-        self._flat = [p.data.view(-1) for _, p in self.trainable]
+        # all trainable weights become views of one buffer: every update is one kernel call
+        self.flat, self.layout = pack_([p for _, p in self.trainable], self.grids)
         self.backend: Backend = make_backend(kernel, device)
         self.numel = sum(g.numel for g in self.grids)
 
@@ -194,12 +196,11 @@ class Engine:
 
         terms: (seed, eps_mult, q) triples; a peer record is (seed, 0, q).
         """
+        terms = [t for t in terms if t[1] or t[2]]
         if not terms:
             return
-        seeds = [s for s, _, _ in terms]
-        for flat, grid in zip(self._flat, self.grids, strict=True):
-            steps = [m * grid.eps_steps - grid.update_steps(q) for _, m, q in terms]
-            self.backend.accumulate(flat, grid.tensor_id, seeds, steps, grid.scale)
+        steps = self.layout.steps_matrix(terms)  # (R, n_tensors) int32
+        self.backend.accumulate_flat(self.flat, self.layout, [s for s, _, _ in terms], steps)
 
     def seed_of(self, node: str, seq: int) -> int:
         return derive_seed(self.run_id, node, seq)
@@ -288,7 +289,16 @@ class Engine:
         out.mkdir(parents=True, exist_ok=True)
         tm = self.task_model
         model = tm.backbone
-        model.save_pretrained(str(out))  # type: ignore[operator]
+        # The packed parameters share one storage, which save_pretrained would take for tied
+        # weights; give it standalone copies for the duration of the save.
+        views = [(p, p.data) for _, p in self.trainable]
+        try:
+            for p, view in views:
+                p.data = view.clone()
+            model.save_pretrained(str(out))  # type: ignore[operator]
+        finally:
+            for p, view in views:
+                p.data = view
         tm.tokenizer.save_pretrained(str(out))
         if tm.head is not None:
             from safetensors.torch import save_file

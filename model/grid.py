@@ -57,7 +57,12 @@ class TensorGrid:
 
 
 def snap_(tensor: torch.Tensor, exp: int) -> None:
-    """Round ``tensor`` in place to the nearest multiple of 2**exp (ties to even)."""
+    """Round ``tensor`` in place to the nearest multiple of 2**exp (ties to even).
+
+    Zeros come out as +0: a small negative weight rounds to -0, which a backend that writes
+    every element (x + 0 = +0) and one that skips a tensor whose steps are all zero would
+    otherwise leave with different bits.
+    """
     with torch.no_grad():
         tensor.mul_(math.ldexp(1.0, -exp)).round_().mul_(math.ldexp(1.0, exp))
 

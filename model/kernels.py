@@ -22,16 +22,29 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from seedswarm.protocol.philox import BLOCK
 
 from .errors import ModelError
+from .layout import FlatLayout
 from .signs import philox_words, seed_keys
 
 
 class Backend(Protocol):
     name: str
+
+    def accumulate_flat(
+        self,
+        flat: torch.Tensor,
+        layout: FlatLayout,
+        seeds: Sequence[int],
+        steps: npt.NDArray[np.int32],
+    ) -> None:
+        """Every tensor of a packed buffer at once (layout.py): steps is (R, n_tensors)."""
+        ...
 
     def accumulate(
         self,
@@ -83,6 +96,28 @@ class TorchBackend:
                 lo = b0 * BLOCK
                 hi = min(lo + nb * BLOCK, n)
                 w[lo:hi] += acc[: hi - lo].to(torch.float32) * scale
+
+    def accumulate_flat(
+        self,
+        flat: torch.Tensor,
+        layout: FlatLayout,
+        seeds: Sequence[int],
+        steps: npt.NDArray[np.int32],
+    ) -> None:
+        _flat_by_tensor(self, flat, layout, seeds, steps)
+
+
+def _flat_by_tensor(
+    backend: Backend,
+    flat: torch.Tensor,
+    layout: FlatLayout,
+    seeds: Sequence[int],
+    steps: npt.NDArray[np.int32],
+) -> None:
+    """accumulate_flat as one per-tensor call each (the reference the packed kernels match)."""
+    for t, (off, n) in enumerate(zip(layout.offsets, layout.numels, strict=True)):
+        col = [int(s) for s in steps[:, t]]
+        backend.accumulate(flat[off : off + n], t, seeds, col, float(layout.scales[t]))
 
 
 class CpuKernelBackend:
@@ -141,6 +176,37 @@ class CpuKernelBackend:
             )
             for b in range(0, n_blocks, per)
         ]
+        for f in futures:
+            f.result()
+
+    def accumulate_flat(
+        self,
+        flat: torch.Tensor,
+        layout: FlatLayout,
+        seeds: Sequence[int],
+        steps: npt.NDArray[np.int32],
+    ) -> None:
+        if not len(seeds):
+            return
+        if flat.device.type != "cpu" or flat.dtype != torch.float32 or not flat.is_contiguous():
+            raise ModelError("the CPU kernel needs a contiguous fp32 CPU buffer")
+        seed_bytes = struct.pack(f"<{len(seeds)}Q", *seeds)
+        step_bytes = np.ascontiguousarray(steps, dtype="<i4").tobytes()
+        nb = layout.n_blocks
+        args = (
+            flat.data_ptr(), nb, layout.block_tensor.data_ptr(), layout.block_local.data_ptr(),
+            layout.scales.data_ptr(), layout.n_tensors, seed_bytes, step_bytes,
+        )  # fmt: skip
+        parts = min(self.threads, max(1, (nb * BLOCK * len(seeds)) // self.min_split), nb)
+        if parts == 1:
+            self._k.accumulate_flat(*args, 0, nb)
+            return
+        per = -(-nb // parts)
+
+        def run(lo: int, hi: int) -> None:
+            self._k.accumulate_flat(*args, lo, hi)
+
+        futures = [self._pool.submit(run, b, min(b + per, nb)) for b in range(0, nb, per)]
         for f in futures:
             f.result()
 

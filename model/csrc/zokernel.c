@@ -88,6 +88,43 @@ static void accumulate_range(float *restrict w, int64_t n, uint32_t tensor_id,
     }
 }
 
+/*
+ * The packed form (model/layout.py): all trainable tensors in one padded buffer of whole
+ * blocks; block b belongs to tensor block_tensor[b] as its block block_local[b]. steps is an
+ * R x n_tensors row-major matrix (a record moves each tensor by its own number of grid steps)
+ * and scales[t] is tensor t's grid step. One call covers every tensor: one pass over memory.
+ */
+SS_CLONES
+static void accumulate_flat_range(float *restrict w, const int32_t *block_tensor,
+                                  const int32_t *block_local, const float *scales,
+                                  int64_t n_tensors, const uint64_t *seeds,
+                                  const int32_t *steps, int64_t nrec, int64_t block_begin,
+                                  int64_t block_end) {
+    int32_t acc[TILE_BLOCKS * BLOCK];
+    uint32_t words[4];
+    for (int64_t b0 = block_begin; b0 < block_end; b0 += TILE_BLOCKS) {
+        int64_t nb = block_end - b0 < TILE_BLOCKS ? block_end - b0 : TILE_BLOCKS;
+        memset(acc, 0, sizeof(int32_t) * (size_t)(nb * BLOCK));
+        for (int64_t r = 0; r < nrec; r++) {
+            uint32_t k0 = (uint32_t)seeds[r], k1 = (uint32_t)(seeds[r] >> 32);
+            const int32_t *row = steps + r * n_tensors;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t t = block_tensor[b0 + b];
+                int32_t s = row[t];
+                if (s == 0) continue;
+                philox4x32_10(k0, k1, (uint32_t)block_local[b0 + b], (uint32_t)t, 0u, 0u, words);
+                add_block(acc + b * BLOCK, words, s);
+            }
+        }
+        for (int64_t b = 0; b < nb; b++) {
+            float scale = scales[block_tensor[b0 + b]];
+            float *restrict wp = w + (b0 + b) * BLOCK;
+            const int32_t *ap = acc + b * BLOCK;
+            for (int i = 0; i < BLOCK; i++) wp[i] += (float)ap[i] * scale;
+        }
+    }
+}
+
 /* signs(out_ptr, n, tensor_id, seed, block_begin, block_end): int8 z values, for tests. */
 static void signs_range(int8_t *out, int64_t n, uint32_t tensor_id, uint64_t seed,
                         int64_t block_begin, int64_t block_end) {
@@ -129,6 +166,32 @@ static PyObject *py_accumulate(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_accumulate_flat(PyObject *self, PyObject *args) {
+    unsigned long long w_ptr, bt_ptr, bl_ptr, sc_ptr;
+    long long n_blocks, n_tensors, block_begin, block_end;
+    Py_buffer seeds, steps;
+    if (!PyArg_ParseTuple(args, "KLKKKLy*y*LL", &w_ptr, &n_blocks, &bt_ptr, &bl_ptr, &sc_ptr,
+                          &n_tensors, &seeds, &steps, &block_begin, &block_end))
+        return NULL;
+    int64_t nrec = seeds.len / 8;
+    if (seeds.len != nrec * 8 || steps.len != nrec * n_tensors * 4 || n_tensors < 1 ||
+        block_begin < 0 || block_end > n_blocks || block_begin > block_end) {
+        PyBuffer_Release(&seeds);
+        PyBuffer_Release(&steps);
+        PyErr_SetString(PyExc_ValueError, "accumulate_flat: inconsistent arguments");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    accumulate_flat_range((float *)(uintptr_t)w_ptr, (const int32_t *)(uintptr_t)bt_ptr,
+                          (const int32_t *)(uintptr_t)bl_ptr, (const float *)(uintptr_t)sc_ptr,
+                          n_tensors, (const uint64_t *)seeds.buf, (const int32_t *)steps.buf,
+                          nrec, block_begin, block_end);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&seeds);
+    PyBuffer_Release(&steps);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_signs(PyObject *self, PyObject *args) {
     unsigned long long out_ptr, seed;
     long long n, tensor_id;
@@ -147,6 +210,9 @@ static PyObject *py_signs(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"accumulate", py_accumulate, METH_VARARGS,
      "accumulate(w_ptr, n, tensor_id, seeds_u64le, steps_i32le, scale, block_begin, block_end)"},
+    {"accumulate_flat", py_accumulate_flat, METH_VARARGS,
+     "accumulate_flat(w_ptr, n_blocks, block_tensor_ptr, block_local_ptr, scales_ptr, "
+     "n_tensors, seeds_u64le, steps_i32le_RxT, block_begin, block_end)"},
     {"signs", py_signs, METH_VARARGS, "signs(out_ptr, n, tensor_id, seed): int8 +-1 values"},
     {NULL, NULL, 0, NULL}};
 

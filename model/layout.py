@@ -1,0 +1,102 @@
+"""One flat buffer for all trainable weights, so every update is one pass and one kernel call.
+
+The trainable parameters become views into a single fp32 buffer, each starting on a 128-element
+sign block and padded to a whole block:
+
+    flat = [ tensor 0 | pad ][ tensor 1 | pad ] ...          (n_blocks * 128 floats)
+    block_tensor[b] = tensor id of block b                  (int32, n_blocks)
+    block_local[b]  = index of block b within its tensor    (int32, n_blocks)
+    scales[t]       = 2**e_t, the grid step of tensor t      (fp32, n_tensors)
+
+A kernel walks the blocks of ``flat`` once and, per block, regenerates the signs of every record
+from Philox(seed, (block_local[b], block_tensor[b], 0, 0)) -- exactly the per-tensor layout of
+docs/PROTOCOL.md, so packing changes nothing in the bits. Padding elements receive updates too;
+nothing ever reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from seedswarm.protocol.philox import BLOCK
+
+from .grid import TensorGrid
+
+
+@dataclass(frozen=True, slots=True)
+class FlatLayout:
+    offsets: tuple[int, ...]  # element offset of each tensor in the buffer
+    numels: tuple[int, ...]
+    n_blocks: int
+    block_tensor: torch.Tensor  # (n_blocks,) int32, on the buffer's device
+    block_local: torch.Tensor  # (n_blocks,) int32
+    scales: torch.Tensor  # (n_tensors,) float32
+    eps_steps: npt.NDArray[np.int64]  # (n_tensors,)
+    unit_shift: npt.NDArray[np.int64]  # (n_tensors,)
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def size(self) -> int:
+        return self.n_blocks * BLOCK
+
+    def steps_matrix(self, terms: Sequence[tuple[int, int, int]]) -> npt.NDArray[np.int32]:
+        """(R, n_tensors) grid steps of ``(seed, eps_mult, q)`` terms: m*eps_t - du_t(q).
+
+        du_t(q) = q * 2**shift_t, rounded half to even when shift_t < 0 (numpy's round); the
+        products are exact in float64, so this equals grid.TensorGrid.update_steps.
+        """
+        mult = np.array([m for _, m, _ in terms], dtype=np.float64)[:, None]
+        q = np.array([q for _, _, q in terms], dtype=np.float64)[:, None]
+        du = np.round(np.ldexp(q, self.unit_shift[None, :]))
+        # in float64: exact below 2**53, and a huge shift cannot wrap around as an int64 would
+        steps = mult * self.eps_steps[None, :] - du
+        if np.abs(steps).max(initial=0) >= 2**31:
+            raise OverflowError(
+                "grid steps beyond int32: the grid is far too fine for these records"
+            )
+        return steps.astype(np.int32)
+
+
+def pack_(
+    params: Sequence[torch.Tensor], grids: Sequence[TensorGrid]
+) -> tuple[torch.Tensor, FlatLayout]:
+    """Move ``params`` into one padded fp32 buffer (in place: they become views of it)."""
+    device = params[0].device
+    offsets, numels = [], []
+    total_blocks = 0
+    for p in params:
+        n = p.numel()
+        offsets.append(total_blocks * BLOCK)
+        numels.append(n)
+        total_blocks += -(-n // BLOCK)
+    flat = torch.zeros(total_blocks * BLOCK, dtype=torch.float32, device=device)
+    block_tensor = np.empty(total_blocks, dtype=np.int32)
+    block_local = np.empty(total_blocks, dtype=np.int32)
+    with torch.no_grad():
+        for t, (p, off, n) in enumerate(zip(params, offsets, numels, strict=True)):
+            view = flat[off : off + n]
+            view.copy_(p.data.reshape(-1))
+            p.data = view.view(p.shape)
+            nb = -(-n // BLOCK)
+            first = off // BLOCK
+            block_tensor[first : first + nb] = t
+            block_local[first : first + nb] = np.arange(nb, dtype=np.int32)
+    layout = FlatLayout(
+        offsets=tuple(offsets),
+        numels=tuple(numels),
+        n_blocks=total_blocks,
+        block_tensor=torch.from_numpy(block_tensor).to(device),
+        block_local=torch.from_numpy(block_local).to(device),
+        scales=torch.tensor([g.scale for g in grids], dtype=torch.float32, device=device),
+        eps_steps=np.array([g.eps_steps for g in grids], dtype=np.int64),
+        unit_shift=np.array([g.unit_shift for g in grids], dtype=np.int64),
+    )
+    return flat, layout
