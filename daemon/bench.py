@@ -361,7 +361,9 @@ def _mosquitto(port: int) -> Any:
         )
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "m.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nsys_interval 1\n"
+        )
         proc = subprocess.Popen(
             [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -421,13 +423,17 @@ async def _wire_rows(port: int, sizes: list[int], *, embedded: bool) -> list[dic
     key = NodeKey.generate()
     topic = "seedswarm/default/records/n0"
     rows = []
+    counter = None if embedded else _SysCounter(port)
     try:
+        if counter is not None:
+            await counter.start()
         for n in sizes:
             for signed in (False, True):
                 relay = _CountingRelay(port)
                 await relay.start()
                 total_records = max(4096, n * 8)
                 frames = math.ceil(total_records / n)
+                sys_before = await counter.fresh() if counter is not None else 0
                 async with aiomqtt.Client(
                     "127.0.0.1", relay.port, identifier=f"wire-{n}-{signed}"
                 ) as c:
@@ -445,19 +451,69 @@ async def _wire_rows(port: int, sizes: list[int], *, embedded: bool) -> list[dic
                         seq += n
                     wire_up = relay.up - base_up
                 records = frames * n
-                rows.append(
-                    {
-                        "records_per_frame": n,
-                        "signed": signed,
-                        "payload_bytes_per_record": payload_bytes / records,
-                        "wire_bytes_per_record": wire_up / records,
-                    }
-                )
+                row = {
+                    "records_per_frame": n,
+                    "signed": signed,
+                    "payload_bytes_per_record": payload_bytes / records,
+                    "wire_bytes_per_record": wire_up / records,
+                }
+                if counter is not None:
+                    # the broker's own count: $SYS/broker/bytes/received, which also counts
+                    # the CONNECT/DISCONNECT of the publisher and the counter client's pings
+                    row["broker_sys_bytes_per_record"] = (
+                        await counter.fresh() - sys_before
+                    ) / records
+                rows.append(row)
                 await relay.stop()
     finally:
+        if counter is not None:
+            await counter.stop()
         if broker is not None:
             await broker.stop()
     return rows
+
+
+class _SysCounter:
+    """Mosquitto's $SYS/broker/bytes/received, read by a separate client."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.value = -1
+        self._updates = 0
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        import aiomqtt
+
+        self._client = aiomqtt.Client("127.0.0.1", self.port, identifier="wire-sys-counter")
+        await self._client.__aenter__()
+        await self._client.subscribe("$SYS/broker/bytes/received")
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for m in self._client.messages:
+            if isinstance(m.payload, bytes | bytearray):
+                self.value = int(m.payload)
+                self._updates += 1
+                self._changed.set()
+
+    async def fresh(self) -> int:
+        """The counter once it has settled: mosquitto publishes it every second, but only when
+        it changed, so two and a half seconds without an update mean the value is current."""
+        while True:
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(2.5):
+                    await self._changed.wait()
+            except TimeoutError:
+                if self.value >= 0:
+                    return self.value
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._client.__aexit__(None, None, None)
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -531,19 +587,24 @@ def _print(result: dict[str, Any]) -> None:
             )
         )
     else:
-        print(f"broker {result['broker']}; bytes counted on the TCP connection to the broker")
         print(
-            table(
-                ["records/frame", "signed", "payload B/record", "wire B/record"],
-                [
-                    [
-                        row["records_per_frame"],
-                        "yes" if row["signed"] else "no",
-                        f"{row['payload_bytes_per_record']:.3f}",
-                        f"{row['wire_bytes_per_record']:.3f}",
-                    ]
-                    for row in result["frames"]
-                ],
-            )
+            f"broker {result['broker']}; bytes counted on the TCP connection to the broker"
+            + (" and by the broker's $SYS counter" if result["broker"] == "mosquitto" else "")
         )
+        headers = ["records/frame", "signed", "payload B/record", "wire B/record"]
+        sys_col = result["broker"] == "mosquitto"
+        if sys_col:
+            headers.append("broker $SYS B/record")
+        rows = []
+        for row in result["frames"]:
+            cells = [
+                row["records_per_frame"],
+                "yes" if row["signed"] else "no",
+                f"{row['payload_bytes_per_record']:.3f}",
+                f"{row['wire_bytes_per_record']:.3f}",
+            ]
+            if sys_col:
+                cells.append(f"{row['broker_sys_bytes_per_record']:.3f}")
+            rows.append(cells)
+        print(table(headers, rows))
     sys.stdout.flush()
