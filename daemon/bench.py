@@ -32,6 +32,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .console import emit_json, table
@@ -48,6 +49,12 @@ BENCH_OPTIONS = (
     Option("batches", str, "1,16,256", "apply: record batch sizes"),
     Option("frames", str, "1,4,16,64,256,1024", "wire: records per frame"),
     Option("broker", str, "auto", "wire: mosquitto, amqtt, or auto (mosquitto if installed)"),
+    Option("data", str, "builtin:patterns", "quant: training data"),
+    Option("eval", str, "", "quant: held-out data (default: a slice of the training data)"),
+    Option("steps", int, 300, "quant: ZO steps per arm", check=positive),
+    Option("eval_every", int, 50, "quant: evaluate every N steps", check=positive),
+    Option("lr", float, 0.0, "quant: learning rate (0: the model's default)"),
+    Option("unit_exp", int, 0, "quant: update unit exponent (0: the model's default)"),
     Option("json", bool, False, "print one JSON object"),
 )
 
@@ -58,13 +65,14 @@ def register(sub: Any, subcommand: Callable[..., Any]) -> None:
         "bench",
         "speed benchmarks with side-by-side ratios",
         [("bench", BENCH_OPTIONS)],
-        [("which", {"choices": ("step", "apply", "wire"), "help": "which benchmark"})],
+        [("which", {"choices": ("step", "apply", "wire", "quant"), "help": "which benchmark"})],
     )
 
 
 def run_bench(values: dict[str, Any]) -> int:
     which = values["which"]
-    result = {"step": bench_step, "apply": bench_apply, "wire": bench_wire}[which](values)
+    runs = {"step": bench_step, "apply": bench_apply, "wire": bench_wire, "quant": bench_quant}
+    result = runs[which](values)
     result = {"bench": which, "host": _host(), **result}
     if values["json"]:
         emit_json(result)
@@ -516,6 +524,86 @@ class _SysCounter:
         await self._client.__aexit__(None, None, None)
 
 
+# -- quant ---------------------------------------------------------------------------------------
+
+
+def bench_quant(values: dict[str, Any]) -> dict[str, Any]:
+    """1-byte records against the unquantised projected gradient, on the same seeds and batches.
+
+    Arm "byte" is the protocol: q = stochastic_round(clip(lr*g/u)), update u*q*z. Arm "float"
+    updates by lr*g*z, rounded only to each tensor's grid (no clip, no byte): what the records
+    would do with unlimited bits. Both arms see the same seeds, batches and base model.
+    """
+    from seedswarm.model.data import read, sample_batch
+    from seedswarm.model.engine import Engine
+    from seedswarm.model.tasks import prepare
+
+    from .runspec import RUN_OPTIONS, open_engine, plan_run
+    from .single import resolve_device
+
+    model = "tiny" if values["model"] == "opt-125m-config" else values["model"]
+    run_values: dict[str, Any] = {o.name: o.default for o in RUN_OPTIONS}
+    run_values.update(
+        model=model, data=values["data"], lr=values["lr"], unit_exp=values["unit_exp"]
+    )
+    device = resolve_device(values["device"])
+    plan = plan_run(run_values)
+    byte = open_engine(plan, run_values, device=device, kernel=values["kernel"])
+    flt = Engine.open(
+        byte.manifest, model_ref=plan.model_ref, device=device, kernel=values["kernel"]
+    )
+    m = byte.manifest
+    tm = byte.task_model
+    train = prepare(plan.raw, m.task, tm.tokenizer)
+    if values["eval"]:
+        held = prepare(read(values["eval"]), m.task, tm.tokenizer)
+    else:  # the last tenth of the training data, which the batches below never draw from
+        cut = len(train) - max(1, len(train) // 10)
+        held = train.subset(range(cut, len(train)))
+        train = train.subset(range(cut))
+    batch_size = values["batch_size"]
+
+    def float_step(seed: int, batch: dict[str, torch.Tensor]) -> None:
+        flt._accumulate([(seed, 1, 0)])
+        lp = flt.task_model.loss(batch)
+        flt._accumulate([(seed, -2, 0)])
+        lm = flt.task_model.loss(batch)
+        g = (lp - lm) / (2 * m.epsilon)
+        lay = flt.layout
+        # restore (+eps) fused with the unquantised update lr*g, on each tensor's grid:
+        # lr*g / 2**e_t = lr*g * 2**(unit_shift_t - unit_exp)
+        du = np.round(np.ldexp(m.lr * g, lay.unit_shift - m.unit_exp)).astype(np.int64)
+        steps = (lay.eps_steps - du)[None, :].astype(np.int32)
+        flt.backend.accumulate_flat(flt.flat, lay, [seed], steps)
+
+    curve: list[dict[str, Any]] = []
+    qs: list[int] = []
+
+    def evaluate(step: int) -> None:
+        a = byte.evaluate(held, batch_size=batch_size * 4)
+        b = flt.evaluate(held, batch_size=batch_size * 4)
+        curve.append({"step": step, "byte": a, "float": b})
+
+    evaluate(0)
+    for seq in range(values["steps"]):
+        seed = byte.seed_of("n0", seq)
+        idx = sample_batch(seed, len(train), batch_size)
+        qs.append(byte.step(seed, tm.make_batch(train.subset(idx))).q)
+        float_step(seed, flt.task_model.make_batch(train.subset(idx)))
+        if (seq + 1) % values["eval_every"] == 0:
+            evaluate(seq + 1)
+    return {
+        "model": model,
+        "data": values["data"],
+        "steps": values["steps"],
+        "lr": m.lr,
+        "unit_exp": m.unit_exp,
+        "mean_abs_q": sum(abs(q) for q in qs) / max(len(qs), 1),
+        "clipped_fraction": sum(abs(q) == 127 for q in qs) / max(len(qs), 1),
+        "curve": curve,
+    }
+
+
 # -- output --------------------------------------------------------------------------------------
 
 
@@ -586,6 +674,8 @@ def _print(result: dict[str, Any]) -> None:
                 ],
             )
         )
+    elif which == "quant":
+        _print_quant(result)
     else:
         print(
             f"broker {result['broker']}; bytes counted on the TCP connection to the broker"
@@ -608,3 +698,22 @@ def _print(result: dict[str, Any]) -> None:
             rows.append(cells)
         print(table(headers, rows))
     sys.stdout.flush()
+
+
+def _print_quant(result: dict[str, Any]) -> None:
+    print(
+        f"model {result['model']}, data {result['data']}, lr {result['lr']}, "
+        f"u = 2^{result['unit_exp']}: mean |q| {result['mean_abs_q']:.1f}, "
+        f"clipped {100 * result['clipped_fraction']:.1f}%"
+    )
+    acc = "accuracy" in result["curve"][0]["byte"]
+    headers = ["step", "loss, 1-byte records", "loss, unquantised g"]
+    if acc:
+        headers += ["accuracy, 1-byte", "accuracy, unquantised"]
+    rows = []
+    for point in result["curve"]:
+        row = [point["step"], f"{point['byte']['loss']:.4f}", f"{point['float']['loss']:.4f}"]
+        if acc:
+            row += [f"{point['byte']['accuracy']:.4f}", f"{point['float']['accuracy']:.4f}"]
+        rows.append(row)
+    print(table(headers, rows))
