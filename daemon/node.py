@@ -352,6 +352,10 @@ class Node:
                 await self.store.call(self.store.store.append, accepted)
                 self.durable = {n: s for n, s in held.items() if n != self.me}
                 self._records_ready.set()
+                if any(kind == "sync" for kind, _, _ in batch):
+                    # an answer to a want moved a prefix: ask for the next range right away,
+                    # so a late joiner catches up at round-trip speed, not heartbeat speed
+                    self._plan_sync()
 
     def _queue_want(self, want: Want) -> None:
         try:
@@ -600,27 +604,26 @@ class Node:
         while not self._closing.is_set():
             if self.transport.connected.is_set():
                 self._publish_presence()
-                now = time.monotonic()
-                views = {
-                    name: PeerView(
-                        name,
-                        info.presence.alive and now - info.last_seen < 6 * interval,
-                        info.presence.held,
-                    )
-                    for name, info in self.peers.items()
-                }
-                held = dict(self.durable)
-                for req in self.planner.plan(held, views, now):
-                    want = Want(self.me, self.run_id, req.node, req.first, req.count)
-                    self.transport.publish(
-                        Outgoing(self.topics.sync(req.target), encode_want(want))
-                    )
-                    self.stats.wants_sent += 1
+                self._plan_sync()
             try:
                 async with asyncio.timeout(interval):
                     await self._closing.wait()
             except TimeoutError:
                 pass
+
+    def _plan_sync(self) -> None:
+        """Ask peers for what their presence says they hold and we lack (protocol/sync.py)."""
+        now = time.monotonic()
+        horizon = 6 * self.values["presence_interval"]
+        views = {
+            name: PeerView(name, info.presence.alive and now - info.last_seen < horizon,
+                           info.presence.held)
+            for name, info in self.peers.items()
+        }  # fmt: skip
+        for req in self.planner.plan(dict(self.durable), views, now):
+            want = Want(self.me, self.run_id, req.node, req.first, req.count)
+            self.transport.publish(Outgoing(self.topics.sync(req.target), encode_want(want)))
+            self.stats.wants_sent += 1
 
     async def _responder(self) -> None:
         recent: dict[tuple[str, str, int], float] = {}

@@ -10,9 +10,11 @@ planner compares that with what this node holds and asks for the difference.
 Invariants:
   * A request names one node's range ``[first, first + count)`` starting at our own prefix, so
     every answer is immediately useful (it extends the contiguous prefix).
-  * At most one request per node is in flight; a request is repeated after ``retry_after``
-    seconds if the prefix has not moved, rotating through the peers that hold the range, so a
-    dead or slow peer only delays the fill.
+  * At most one request per node is in flight: while its answer arrives (the prefix is inside
+    the requested range) nothing more is asked. A request whose answer is complete is followed
+    by the next one at once; one that is not complete after ``retry_after`` seconds is repeated
+    from the new prefix, rotating through the peers that hold the range if nothing arrived,
+    so a dead or slow peer only delays the fill.
   * The planner reads no clock: ``now`` comes from the caller.
 """
 
@@ -46,6 +48,7 @@ class Request:
 @dataclass(slots=True)
 class _Inflight:
     first: int
+    count: int
     sent_at: float
     attempt: int
 
@@ -76,12 +79,13 @@ class SyncPlanner:
                 self._inflight.pop(node, None)
                 continue
             prev = self._inflight.get(node)
-            if prev is not None and prev.first == mine and now - prev.sent_at < self.retry_after:
-                continue
+            answering = prev is not None and prev.first <= mine < prev.first + prev.count
+            if answering and prev is not None and now - prev.sent_at < self.retry_after:
+                continue  # the answer is still arriving: a second request would only duplicate it
             attempt = prev.attempt + 1 if prev is not None and prev.first == mine else 0
             target = holders[attempt % len(holders)]
             count = min(live[target].held.get(node, 0) - mine, self.max_request)
-            self._inflight[node] = _Inflight(mine, now, attempt)
+            self._inflight[node] = _Inflight(mine, count, now, attempt)
             out.append(Request(target, node, mine, count))
         return out
 

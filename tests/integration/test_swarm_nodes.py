@@ -87,3 +87,30 @@ def test_graceful_restart_resumes_from_snapshot(mosquitto: Broker, tmp_path: Pat
         assert before not in prints  # n1's ten new steps changed the model, everywhere alike
         for n in nodes:
             assert n.stop() == 0, n.tail()
+
+
+def test_a_late_joiner_catches_up_through_gap_filling(mosquitto: Broker, tmp_path: Path) -> None:
+    """A node that arrives after everything was published gets it all from its peers.
+
+    Its broker session is new, so the broker has nothing queued for it: every record comes
+    through wants answered with the peers' stored, originally signed frames.
+    """
+    steps = 150
+    early = [NodeProc(f"n{i}", tmp_path, mosquitto.url, steps=steps) for i in range(2)]
+    late = NodeProc("late", tmp_path, mosquitto.url, steps=0)
+    with running(*early, late):
+        for n in early:
+            n.start()
+        for n in early:
+            n.wait_ready()
+        expect = {"n0": steps, "n1": steps}
+        wait_until(lambda: converged(early, expect), timeout=300, what="the early nodes")
+        late.start()
+        late.wait_ready()
+        wait_until(lambda: converged([late], expect), timeout=300, what="the late joiner")
+        st = late.status(fresh=True)
+        assert st["fingerprint"] == early[0].status(fresh=True)["fingerprint"]
+        assert st["sync"]["wants_sent"] >= 1
+        assert st["steps"]["taken"] == 0
+        for n in (*early, late):
+            assert n.stop() == 0, n.tail()

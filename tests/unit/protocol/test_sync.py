@@ -45,12 +45,24 @@ def test_retries_after_retry_after_rotating_targets() -> None:
     assert p.plan(held, view, now=106.0) == [Request("c", "x", 2, 7)]  # and round again
 
 
+def test_one_request_in_flight_until_its_answer_is_complete() -> None:
+    p = SyncPlanner("me", retry_after=3.0)
+    view = peers(PeerView("b", True, {"x": 5}), PeerView("c", True, {"x": 9}))
+    assert p.plan({"x": 2}, view, now=0.0) == [Request("c", "x", 2, 7)]
+    # part of the answer arrived: the rest is still on its way, asking again would duplicate it
+    assert p.plan({"x": 4}, view, now=0.5) == []
+    # the answer is complete and the peers hold more: the next range goes out at once
+    more = peers(PeerView("b", True, {"x": 5}), PeerView("c", True, {"x": 20}))
+    assert p.plan({"x": 9}, more, now=0.6) == [Request("c", "x", 9, 11)]
+
+
 def test_progress_resets_the_rotation() -> None:
     p = SyncPlanner("me", retry_after=3.0)
     view = peers(PeerView("b", True, {"x": 5}), PeerView("c", True, {"x": 9}))
     assert p.plan({"x": 2}, view, now=0.0) == [Request("c", "x", 2, 7)]
-    # part of the answer arrived: the rest is asked for at once, from the best holder
-    assert p.plan({"x": 4}, view, now=0.5) == [Request("c", "x", 4, 5)]
+    # a partial answer, then silence: after retry_after the rest is asked for, from the best
+    # holder again (attempt 0), since the last target did answer
+    assert p.plan({"x": 4}, view, now=3.5) == [Request("c", "x", 4, 5)]
 
 
 def test_never_asks_for_its_own_records() -> None:
