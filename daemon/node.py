@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections import Counter, defaultdict, deque
@@ -69,6 +70,8 @@ from .worker import ModelThread
 log = logging.getLogger("seedswarm.node")
 
 INGEST_BATCH = 512
+PROGRESS_EVERY = 10.0  # seconds between progress lines in the log
+PARENT_ENV = "SEEDSWARM_PARENT_PID"  # set by `seedswarm swarm`: stop if that process dies
 APPLY_BATCH = 4096
 
 
@@ -601,15 +604,38 @@ class Node:
 
     async def _heartbeat(self) -> None:
         interval = self.values["presence_interval"]
+        last_report = 0.0
+        parent = os.environ.get(PARENT_ENV)
         while not self._closing.is_set():
             if self.transport.connected.is_set():
                 self._publish_presence()
                 self._plan_sync()
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_EVERY:
+                last_report = now
+                self._report_progress()
+            if parent and not self._stop.is_set() and os.getppid() != int(parent):
+                log.warning("%s: the process that started this node is gone; stopping", self.me)
+                self.request_stop()
             try:
                 async with asyncio.timeout(interval):
                     await self._closing.wait()
             except TimeoutError:
                 pass
+
+    def _report_progress(self) -> None:
+        recent = list(self.stats.losses)[-20:]
+        loss = f"{sum(recent) / len(recent):.4f}" if recent else "-"
+        limit = f"/{self.max_steps}" if self.max_steps >= 0 else ""
+        alive = sum(1 for info in self.peers.values() if info.presence.alive)
+        log.info(
+            "%s: steps %d%s, loss %s, records applied %d, pending %d, peers %d, broker %s",
+            self.me, self.applied.get(self.me, 0), limit, loss, sum(self.applied.values()),
+            self.log.pending_count() + sum(
+                max(s - self.applied.get(n, 0), 0) for n, s in self.durable.items()
+            ),
+            alive, self.transport.state,
+        )  # fmt: skip
 
     def _plan_sync(self) -> None:
         """Ask peers for what their presence says they hold and we lack (protocol/sync.py)."""

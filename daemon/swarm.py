@@ -203,7 +203,11 @@ class Swarm:
             ]
             if m.name in self._key_files:
                 args += ["--key-file", str(self._key_files[m.name])]
-            env = dict(os.environ, SEEDSWARM_KERNEL_THREADS=str(max(v["torch_threads"], 1)))
+            env = dict(
+                os.environ,
+                SEEDSWARM_KERNEL_THREADS=str(max(v["torch_threads"], 1)),
+                SEEDSWARM_PARENT_PID=str(os.getpid()),  # the nodes stop if the launcher dies
+            )
             log_fh = m.log_path.open("ab")
             try:
                 m.proc = await asyncio.create_subprocess_exec(
@@ -256,7 +260,7 @@ class Swarm:
                 if tty:
                     self._draw(now - t0, redraw=last_print > 0)
                     last_print = now
-                elif not self.quiet and now - last_print >= 5.0:
+                elif now - last_print >= 5.0:
                     self._line(now - t0)
                     last_print = now
                 if v["steps"] >= 0 and self._all_done():
@@ -328,8 +332,12 @@ class Swarm:
         out.flush()
 
     def _line(self, elapsed: float) -> None:
+        """A progress line: on stderr unless --json, and always in <dir>/swarm.log."""
         parts = [f"{r[0]} steps {r[2]} loss {r[3]} records {r[4]}" for r in self._rows()]
-        say(f"[{elapsed:5.0f}s] " + " | ".join(parts))
+        line = f"[{elapsed:5.0f}s] " + " | ".join(parts)
+        say(line, quiet=self.quiet)
+        with (self.base / "swarm.log").open("a") as fh:
+            fh.write(line + "\n")
 
     # -- shutdown -------------------------------------------------------------------------------
 
