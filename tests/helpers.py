@@ -171,11 +171,11 @@ class NodeProc:
             "--join-wait", "0.5", *self.extra,
         ]  # fmt: skip
 
-    def start(self) -> None:
+    def start(self, args: list[str] | None = None, extra_env: dict[str, str] | None = None) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seedswarm.daemon.cli", *self.args()],
-            stdout=log, stderr=log, env=env(), start_new_session=True,
+            [sys.executable, "-m", "seedswarm.daemon.cli", *(args or self.args())],
+            stdout=log, stderr=log, env={**env(), **(extra_env or {})}, start_new_session=True,
         )  # fmt: skip
         log.close()
 

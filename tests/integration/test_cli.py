@@ -89,9 +89,7 @@ def test_learning_through_the_cli_and_eval(tmp_path: Path) -> None:
     assert ev["fingerprint"] == out["fingerprint"]
 
 
-def test_settings_from_environment_and_config(tmp_path: Path) -> None:
-    cfg = tmp_path / "node.toml"
-    cfg.write_text('[node]\nnode = "from-file"\n')
+def test_settings_from_the_environment(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "seedswarm.daemon.cli", "train", "--out", str(tmp_path / "r"), "--json"],
         capture_output=True, text=True, timeout=300, env=dict(env(), SEEDSWARM_STEPS="3"),

@@ -8,7 +8,10 @@ and the status endpoint while the model thread is busy.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +180,41 @@ def test_status_log_metrics_answer_while_a_step_runs(mosquitto: Broker, tmp_path
                     busy_answers += 1
         assert busy_answers >= 3, "the endpoints did not answer during a step"
         assert node.stop() == 0, node.tail()
+
+
+def test_node_settings_from_a_config_file_and_the_environment(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """--config file < environment < flags, for the daemon."""
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(
+        f'[node]\nnode = "from-file"\nsteps = 4\nbatch_size = 2\nbroker = "{mosquitto.url}"\n'
+    )
+    node = NodeProc("ignored", tmp_path, mosquitto.url, steps=4)
+    args = [a for a in node.args() if a not in ("--node", "ignored", "--steps", "4")]
+    args += ["--config", str(cfg)]
+    with running(node):
+        node.start(args, extra_env={"SEEDSWARM_STEPS": "6"})  # the environment beats the file
+        node.wait_ready()
+        wait_until(lambda: node.status()["steps"]["done"], timeout=120, what="six steps")
+        st = node.status()
+        assert st["node"] == "from-file"
+        assert st["steps"]["limit"] == 6
+        assert st["steps"]["taken"] == 6
+        assert node.stop() == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = 'many'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "seedswarm.daemon.cli", "node", "--config", str(bad)],
+        capture_output=True, text=True, timeout=120, env=env_without_steps(),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "seedswarm node: error: config file: steps: expected an integer, got 'many'"
+    )
+
+
+def env_without_steps() -> dict[str, str]:
+    e = dict(os.environ)
+    e.pop("SEEDSWARM_STEPS", None)
+    return e

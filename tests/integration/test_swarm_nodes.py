@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import Broker, NodeProc, cli_json, converged, running, wait_until
+from ..helpers import Broker, NodeProc, cli, cli_json, converged, running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -112,5 +112,18 @@ def test_a_late_joiner_catches_up_through_gap_filling(mosquitto: Broker, tmp_pat
         assert st["fingerprint"] == early[0].status(fresh=True)["fingerprint"]
         assert st["sync"]["wants_sent"] >= 1
         assert st["steps"]["taken"] == 0
+        # the same status and log, as a person and a script read them
+        shown = cli("status", late.url)
+        assert shown.returncode == 0, shown.stderr
+        assert f"fingerprint {st['fingerprint'][:16]}" in shown.stdout
+        assert "n0" in shown.stdout
+        assert "n1" in shown.stdout
+        page = cli_json("log", late.url, "--limit", "7")
+        assert len(page["records"]) == 7
+        assert page["total"] == 2 * steps
+        rest = cli_json("log", late.url, "--limit", "1000", "--after", page["next"])
+        assert len(rest["records"]) == 2 * steps - 7
+        keys = [(r["clock"], r["node"], r["seq"]) for r in page["records"] + rest["records"]]
+        assert keys == sorted(keys)
         for n in (*early, late):
             assert n.stop() == 0, n.tail()
