@@ -88,8 +88,20 @@ class Engine:
     """One replica: the model on its grid and the operations on it."""
 
     def __init__(
-        self, manifest: Manifest, task_model: TaskModel, *, device: torch.device, kernel: str
+        self,
+        manifest: Manifest,
+        task_model: TaskModel,
+        *,
+        device: torch.device,
+        kernel: str,
+        grids: Sequence[TensorGrid] | None = None,
     ) -> None:
+        """``grids``: the grids already chosen for these weights (by a probe that snapped them).
+
+        Grids come from the base *as loaded* (docs/PROTOCOL.md §5); recomputing them from
+        snapped weights can give a coarser grid where snapping rounded the maximum up to a
+        power of two.
+        """
         self.manifest = manifest
         self.run_id = manifest.run_id()
         self.task_model = task_model
@@ -99,13 +111,17 @@ class Engine:
         self.trainable = [(n, p) for n, p in named if pattern.search(n)]
         if not self.trainable:
             raise ModelError(f"no parameter matches trainable={manifest.trainable!r}")
-        self.grids = make_grid(
-            self.trainable,
-            epsilon=manifest.epsilon,
-            unit_exp=manifest.unit_exp,
-            headroom_exp=manifest.headroom_exp,
-            grid_min_exp=manifest.grid_min_exp,
-        )
+        if grids is None:
+            grids = make_grid(
+                self.trainable,
+                epsilon=manifest.epsilon,
+                unit_exp=manifest.unit_exp,
+                headroom_exp=manifest.headroom_exp,
+                grid_min_exp=manifest.grid_min_exp,
+            )
+        if [g.name for g in grids] != [n for n, _ in self.trainable]:
+            raise ModelError("the grids do not match the run's trainable parameters")
+        self.grids = list(grids)
         for (_, p), grid in zip(self.trainable, self.grids, strict=True):
             snap_(p.data, grid.exp)
         # all trainable weights become views of one buffer: every update is one kernel call
@@ -148,7 +164,7 @@ class Engine:
         tm = TaskModel(loaded, task, init_seed=hyper.init_seed)
         engine = Engine(draft, tm, device=torch.device("cpu"), kernel="torch")
         manifest = draft.replace(base_hash=engine.base_hash())
-        return Engine._finish(manifest, tm, device, kernel)
+        return Engine._finish(manifest, tm, device, kernel, engine.grids)
 
     @staticmethod
     def open(
@@ -169,15 +185,19 @@ class Engine:
                 f"base model mismatch: {model_ref or manifest.model} hashes to {got[:16]} after "
                 f"snapping, the run's base is {manifest.base_hash[:16]}; refusing to join"
             )
-        return Engine._finish(manifest, tm, device, kernel)
+        return Engine._finish(manifest, tm, device, kernel, probe.grids)
 
     @staticmethod
     def _finish(
-        manifest: Manifest, tm: TaskModel, device: torch.device | str, kernel: str
+        manifest: Manifest,
+        tm: TaskModel,
+        device: torch.device | str,
+        kernel: str,
+        grids: Sequence[TensorGrid],
     ) -> Engine:
         dev = torch.device(device)
         tm.to(dev)
-        return Engine(manifest, tm, device=dev, kernel=kernel)
+        return Engine(manifest, tm, device=dev, kernel=kernel, grids=grids)
 
     # -- hashes --------------------------------------------------------------------------------
 

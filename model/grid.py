@@ -64,7 +64,7 @@ def snap_(tensor: torch.Tensor, exp: int) -> None:
     otherwise leave with different bits.
     """
     with torch.no_grad():
-        tensor.mul_(math.ldexp(1.0, -exp)).round_().mul_(math.ldexp(1.0, exp))
+        tensor.mul_(math.ldexp(1.0, -exp)).round_().mul_(math.ldexp(1.0, exp)).add_(0.0)
 
 
 def make_grid(
