@@ -8,11 +8,14 @@ embedded amqtt broker, exactly as a user would.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ..helpers import cli, cli_json
+from ..helpers import cli, cli_json, env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -37,3 +40,36 @@ def test_swarm_quickstart_ends_in_agreement(tmp_path: Path, signed: bool) -> Non
         assert n["exit_code"] == 0
     replayed = cli_json("replay", nodes[1]["data_dir"])
     assert replayed["fingerprint"] == report["fingerprint"]
+
+
+def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path) -> None:
+    """The quickstart without --steps runs until Ctrl+C, then stops every node cleanly and
+    says where each node's data is."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seedswarm.daemon.cli", "swarm", "--nodes", "2", "--dir",
+         str(tmp_path / "swarm")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        log = tmp_path / "swarm" / "swarm.log"
+
+        def progressing() -> bool:
+            if not log.exists():
+                return False
+            last = log.read_text().strip().splitlines()[-1:]
+            return bool(last) and "steps -" not in last[0] and "steps 0 " not in last[0]
+
+        wait_until(progressing, timeout=240, what="the nodes to take steps", interval=1.0)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    for name in ("n0", "n1"):
+        assert str(tmp_path / "swarm" / name) in err
+        assert (tmp_path / "swarm" / name / "log.sqlite").exists()
+        snaps = list((tmp_path / "swarm" / name / "snapshots").glob("snap-*.safetensors"))
+        assert snaps, f"{name} stopped without its final snapshot"
+    assert "status endpoint" in err

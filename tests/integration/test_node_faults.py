@@ -44,6 +44,14 @@ def test_kill9_and_broker_restart_lose_nothing(tmp_path: Path) -> None:
             )
             # kill -9 in the middle of training: no goodbye, no final flush, no snapshot
             nodes[2].stop(signal.SIGKILL)
+
+            # the broker publishes n2's will (retained presence, alive false) once the
+            # keepalive runs out; the others see it
+            def n2_gone() -> bool:
+                peers = {p["node"]: p for p in nodes[0].status()["peers"]}
+                return "n2" in peers and not peers["n2"]["alive"]
+
+            wait_until(n2_gone, timeout=120, what="the broker to deliver n2's will")
             # and the broker goes away too, forgetting every session and queued message
             broker.stop()
             time.sleep(1.0)
