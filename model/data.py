@@ -70,10 +70,13 @@ def read(ref: str) -> RawData:
 def _rows_to_data(rows: Sequence[dict[str, object]], where: str) -> RawData:
     if not rows:
         raise DataError(f"{where} holds no examples")
-    cols = rows[0].keys()
-    text_col = next((c for c in TEXT_COLUMNS if c in cols), None)
+    cols = {k for r in rows for k in r}  # JSON lines may differ: look at every row
+    common = set.intersection(*(set(r) for r in rows))
+    text_col = next((c for c in TEXT_COLUMNS if c in common), None)
     if text_col is None:
-        raise DataError(f"{where} needs a 'sentence' or 'text' column (has: {', '.join(cols)})")
+        raise DataError(
+            f"{where} needs a 'sentence' or 'text' column (has: {', '.join(sorted(cols))})"
+        )
     texts = tuple(_cell(r.get(text_col)) for r in rows)
     if "label" not in cols:
         return RawData(texts, None)
@@ -165,6 +168,8 @@ def shard_indices(n: int, shard: tuple[int, int]) -> list[int]:
 
 def sample_batch(seed: int, population: int, batch_size: int) -> list[int]:
     """``batch_size`` indices in [0, population), uniform with replacement, from the seed."""
+    if population < 1:
+        raise DataError("there are no examples to draw a batch from")
     ctr = np.zeros((batch_size, 4), dtype=np.uint32)
     ctr[:, 0] = np.arange(batch_size, dtype=np.uint32)
     ctr[:, 3] = STREAM_DATA

@@ -38,7 +38,7 @@ from seedswarm.protocol.seeds import derive_seed
 from .errors import ModelError
 from .grid import TensorGrid, headroom_bits, make_grid, snap_
 from .kernels import Backend, make_backend
-from .layout import pack_
+from .layout import exact_batches, pack_
 from .loading import Loaded, load
 from .tasks import Examples, TaskModel
 
@@ -220,7 +220,9 @@ class Engine:
         if not terms:
             return
         steps = self.layout.steps_matrix(terms)  # (R, n_tensors) int32
-        self.backend.accumulate_flat(self.flat, self.layout, [s for s, _, _ in terms], steps)
+        seeds = [s for s, _, _ in terms]
+        for lo, hi in exact_batches(steps):
+            self.backend.accumulate_flat(self.flat, self.layout, seeds[lo:hi], steps[lo:hi])
 
     def seed_of(self, node: str, seq: int) -> int:
         return derive_seed(self.run_id, node, seq)

@@ -65,6 +65,37 @@ class FlatLayout:
         return steps.astype(np.int32)
 
 
+EXACT_SUM = 1 << 24  # an fp32 holds every integer below this exactly
+
+
+def exact_batches(steps: npt.NDArray[np.int32]) -> list[tuple[int, int]]:
+    """Split the records (rows) so that no tensor's summed |steps| reaches 2**24.
+
+    A kernel sums a batch's steps per element in int32 and converts the sum to fp32 once;
+    keeping sum_r |steps[r, t]| < 2**24 makes both exact, whatever the signs, so the result
+    cannot depend on how records were batched. With the default grids a batch of 256 records
+    needs about 2**23 at most, so the split almost never happens.
+    """
+    if steps.shape[0] == 0:
+        return []
+    mags = np.abs(steps.astype(np.int64))
+    if mags.max(initial=0) >= EXACT_SUM:
+        raise OverflowError("one record moves a tensor by 2**24 grid steps or more: grid too fine")
+    if mags.sum(axis=0).max() < EXACT_SUM:
+        return [(0, steps.shape[0])]  # the usual case: one batch
+    out: list[tuple[int, int]] = []
+    lo = 0
+    running = np.zeros(steps.shape[1], dtype=np.int64)
+    for r in range(steps.shape[0]):
+        running += mags[r]
+        if running.max() >= EXACT_SUM:
+            out.append((lo, r))
+            lo = r
+            running = mags[r].copy()
+    out.append((lo, steps.shape[0]))
+    return out
+
+
 def pack_(
     params: Sequence[torch.Tensor], grids: Sequence[TensorGrid]
 ) -> tuple[torch.Tensor, FlatLayout]:

@@ -95,7 +95,7 @@ def default_task(
 def label_names(raw_labels: Sequence[str]) -> tuple[str, ...]:
     """Class names from the labels in a file: 0/1 reads as negative/positive (GLUE's SST-2)."""
     values = sorted(set(raw_labels))
-    if all(v.isdigit() for v in values):
+    if all(_is_int(v) for v in values):
         ints = sorted(int(v) for v in values)
         if ints == [0, 1]:
             return SENTIMENT
@@ -125,7 +125,7 @@ def prepare(raw: RawData, spec: TaskSpec, tokenizer: Any) -> Examples:
     for lab in raw.labels:
         if lab in index:
             out.append(index[lab])
-        elif lab.isdigit() and int(lab) < len(spec.labels):
+        elif _is_int(lab) and int(lab) < len(spec.labels):
             out.append(int(lab))
         else:
             raise DataError(f"label {lab!r} is not one of {', '.join(spec.labels)}")
@@ -163,7 +163,10 @@ class TaskModel(torch.nn.Module):
             config: Any = self.backbone.config
             hidden = int(config.hidden_size)
             gen = torch.Generator().manual_seed(init_seed)
-            self.head = torch.nn.Linear(hidden, len(spec.labels))
+            # on the meta device: nn.Linear's own init would draw from the global generator
+            self.head = torch.nn.Linear(hidden, len(spec.labels), device="meta").to_empty(
+                device="cpu"
+            )
             with torch.no_grad():
                 self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 0.02)
                 self.head.bias.zero_()
@@ -288,3 +291,8 @@ class TaskModel(torch.nn.Module):
                 k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")
             }
         return self._embed(self._desc["input_ids"], self._desc["attention_mask"])
+
+
+def _is_int(text: str) -> bool:
+    """A label written as a plain ASCII number ("0", "12"), not any Unicode digit."""
+    return text.isascii() and text.isdigit()

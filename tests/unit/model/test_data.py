@@ -196,3 +196,18 @@ def test_hf_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_module_has_the_documented_text_columns() -> None:
     assert data.TEXT_COLUMNS == ("sentence", "text")
+
+
+def test_jsonl_rows_may_differ_in_their_keys(tmp_path: Path) -> None:
+    ref = _write(
+        tmp_path / "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 0, "x": 2}\n'
+    )
+    assert read(ref) == RawData(("a", "b"), ("1", "0"))
+    partial = _write(tmp_path / "p.jsonl", '{"text": "a"}\n{"text": "b", "label": 0}\n')
+    with pytest.raises(DataError, match="without a label"):
+        read(partial)
+
+
+def test_no_batch_from_an_empty_population() -> None:
+    with pytest.raises(DataError, match="no examples"):
+        sample_batch(1, 0, 4)

@@ -338,3 +338,19 @@ def test_make_backend_cpu_takes_thread_count_from_environment(
     k = make_backend("cpu", torch.device("cpu"))
     assert isinstance(k, CpuKernelBackend)
     assert k.threads == 3
+
+
+def test_exact_batches_keep_every_tensor_sum_below_2_pow_24() -> None:
+    from seedswarm.model.layout import EXACT_SUM, exact_batches
+
+    small = np.array([[5, -3], [7, 1]], dtype=np.int32)
+    assert exact_batches(small) == [(0, 2)]
+    big = np.array([[2**23, 1], [-(2**23), 1], [2**22, -5], [3, 3]], dtype=np.int32)
+    batches = exact_batches(big)
+    assert batches[0] == (0, 1)
+    assert [hi for _, hi in batches][-1] == 4
+    for lo, hi in batches:
+        assert np.abs(big[lo:hi].astype(np.int64)).sum(axis=0).max() < EXACT_SUM
+    with pytest.raises(OverflowError):
+        exact_batches(np.array([[EXACT_SUM, 0]], dtype=np.int32))
+    assert exact_batches(np.zeros((0, 3), dtype=np.int32)) == []

@@ -314,3 +314,16 @@ def test_real_minilm_embed_scorer_and_engine() -> None:
     opened = Engine.open(e.manifest)
     assert opened.fingerprint() == e.fingerprint()
     assert opened.base_hash() == e.manifest.base_hash
+
+
+def test_label_names_only_read_ascii_numbers() -> None:
+    assert label_names(["0", "1"]) == ("negative", "positive")
+    assert label_names(["²", "1"]) == ("1", "²")  # a Unicode digit is a name, not a number
+
+
+def test_a_new_head_leaves_the_global_generator_alone(bert_embed_dir: Path) -> None:
+    loaded = load(str(bert_embed_dir), kind="embed")
+    spec = TaskSpec(kind="classify", seq_len=16, scorer="head", labels=("a", "b"))
+    state = torch.random.get_rng_state()
+    TaskModel(loaded, spec, init_seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
