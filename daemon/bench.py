@@ -37,12 +37,12 @@ import torch
 
 from .console import emit_json, table
 from .errors import ConfigError
-from .options import Option, positive
+from .options import DEVICE, JSON, KERNEL, Option, positive
 
 BENCH_OPTIONS = (
     Option("model", str, "opt-125m-config", "model: opt-125m-config, tiny, minilm, a directory"),
-    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
-    Option("kernel", str, "auto", "kernel under test", choices=("auto", "torch", "cpu", "triton")),
+    DEVICE,
+    KERNEL,
     Option("batch_size", int, 8, "step: sequences per batch", check=positive),
     Option("seq_len", int, 64, "step: tokens per sequence", check=positive),
     Option("repeats", int, 5, "timed repetitions (the median is reported)", check=positive),
@@ -55,7 +55,7 @@ BENCH_OPTIONS = (
     Option("eval_every", int, 50, "quant: evaluate every N steps", check=positive),
     Option("lr", float, 0.0, "quant: learning rate (0: the model's default)"),
     Option("unit_exp", int, 0, "quant: update unit exponent (0: the model's default)"),
-    Option("json", bool, False, "print one JSON object"),
+    JSON,
 )
 
 

@@ -25,20 +25,25 @@ from typing import Any, NoReturn
 from seedswarm.protocol.errors import SeedswarmError
 
 from .errors import ConfigError
-from .options import Option, add_options, load_config_file, non_negative, positive, resolve
+from .options import (
+    BASE_OVERRIDE,
+    DEVICE,
+    JSON,
+    KERNEL,
+    Option,
+    add_options,
+    load_config_file,
+    non_negative,
+    positive,
+    resolve,
+)
 from .runspec import RUN_OPTIONS
 
 LOCAL_OPTIONS = (
     Option("node", str, "n0", "this node's id (A-Z a-z 0-9 _ -)"),
     Option("batch_size", int, 16, "examples per forward pass", check=positive),
-    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
-    Option(
-        "kernel",
-        str,
-        "auto",
-        "sign/apply kernel: auto, torch, cpu, triton",
-        choices=("auto", "torch", "cpu", "triton"),
-    ),
+    DEVICE,
+    KERNEL,
     Option("amp", bool, False, "run forward passes in bf16 autocast on GPU (weights stay fp32)"),
     Option("shard", str, "0/1", "use shard i of k of the training data (i/k)"),
 )
@@ -58,7 +63,7 @@ TRAIN_OPTIONS = (
         "eval_limit", int, 0, "evaluate on the first N examples only (0: all)", check=non_negative
     ),
     Option("frame_records", int, 256, "records per frame in the log", check=positive),
-    Option("json", bool, False, "print one JSON object instead of text"),
+    JSON,
 )
 
 
@@ -95,32 +100,20 @@ REPLAY_OPTIONS = (
     ),
     Option("shuffle_seed", int, 0, "seed of the shuffled order"),
     Option("batch", int, 256, "records applied per pass over the weights", check=positive),
-    Option("model", str, "", "load the base from here instead of the manifest's reference"),
-    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
-    Option(
-        "kernel",
-        str,
-        "auto",
-        "auto, torch, cpu, triton",
-        choices=("auto", "torch", "cpu", "triton"),
-    ),
-    Option("json", bool, False, "print one JSON object instead of text"),
+    BASE_OVERRIDE,
+    DEVICE,
+    KERNEL,
+    JSON,
 )
 
 EVAL_OPTIONS = (
     Option("data", str, "", "held-out data (.txt .jsonl .csv .tsv)"),
     Option("limit", int, 0, "first N examples only (0: all)", check=non_negative),
     Option("batch_size", int, 64, "examples per forward pass", check=positive),
-    Option("model", str, "", "load the base from here instead of the manifest's reference"),
-    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
-    Option(
-        "kernel",
-        str,
-        "auto",
-        "auto, torch, cpu, triton",
-        choices=("auto", "torch", "cpu", "triton"),
-    ),
-    Option("json", bool, False, "print one JSON object instead of text"),
+    BASE_OVERRIDE,
+    DEVICE,
+    KERNEL,
+    JSON,
 )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .options import Option, non_negative, positive
+from .options import JSON, Option, non_negative, positive
 from .runspec import RUN_OPTIONS
 
 NODE_OPTIONS = (
@@ -86,7 +86,7 @@ BROKER_OPTIONS = (
 
 KEYGEN_OPTIONS = (
     Option("out", str, "", "write the private key here (default: print it)"),
-    Option("json", bool, False, "print one JSON object"),
+    JSON,
 )
 
 

@@ -25,7 +25,7 @@ import aiohttp
 from .broker import EmbeddedBroker, free_port
 from .console import emit_json, say, table
 from .errors import ConfigError
-from .options import Option, non_negative, positive
+from .options import KERNEL, Option, non_negative, positive
 
 SWARM_OPTIONS = (
     Option("nodes", int, 3, "how many nodes to start", check=positive),
@@ -40,13 +40,7 @@ SWARM_OPTIONS = (
     ),
     Option("batch_size", int, 16, "examples per forward pass", check=positive),
     Option("device", str, "cpu", "device of every node: cpu, cuda, cuda:N, auto"),
-    Option(
-        "kernel",
-        str,
-        "auto",
-        "sign/apply kernel of every node",
-        choices=("auto", "torch", "cpu", "triton"),
-    ),
+    KERNEL,
     Option(
         "torch_threads", int, 1, "torch threads per node (0: torch's default)", check=non_negative
     ),

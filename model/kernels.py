@@ -107,6 +107,31 @@ class TorchBackend:
         _flat_by_tensor(self, flat, layout, seeds, steps)
 
 
+def single_tensor(
+    numel: int,
+    tensor_id: int,
+    scale: float,
+    seeds: Sequence[int],
+    steps: Sequence[int],
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], npt.NDArray[np.int32]] | None:
+    """The packed-kernel arguments for one tensor: a one-column layout.
+
+    Every block is column 0 of the steps and scales; the kernel names the tensor
+    ``id_base + column`` in the Philox counter, so the caller passes ``id_base = tensor_id``.
+    None when there is nothing to do.
+    """
+    pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
+    if not pairs or numel == 0:
+        return None
+    nb = -(-numel // BLOCK)
+    matrix = np.array([[k] for _, k in pairs], dtype=np.int32)
+    scales = torch.tensor([scale], dtype=torch.float32, device=device)
+    block_tensor = torch.zeros(nb, dtype=torch.int32, device=device)
+    block_local = torch.arange(nb, dtype=torch.int32, device=device)
+    return block_tensor, block_local, scales, [s for s, _ in pairs], matrix
+
+
 def _flat_by_tensor(
     backend: Backend,
     flat: torch.Tensor,
@@ -147,37 +172,9 @@ class CpuKernelBackend:
         steps: Sequence[int],
         scale: float,
     ) -> None:
-        pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
-        if not pairs or w.numel() == 0:
-            return
-        if w.device.type != "cpu" or w.dtype != torch.float32 or not w.is_contiguous():
-            raise ModelError("the CPU kernel needs a contiguous fp32 CPU tensor")
-        seed_bytes = struct.pack(f"<{len(pairs)}Q", *(s for s, _ in pairs))
-        step_bytes = struct.pack(f"<{len(pairs)}i", *(k for _, k in pairs))
-        n = w.numel()
-        n_blocks = -(-n // BLOCK)
-        ptr = w.data_ptr()
-        parts = min(self.threads, max(1, (n * len(pairs)) // self.min_split), n_blocks)
-        if parts == 1:
-            self._k.accumulate(ptr, n, tensor_id, seed_bytes, step_bytes, scale, 0, n_blocks)
-            return
-        per = -(-n_blocks // parts)
-        futures = [
-            self._pool.submit(
-                self._k.accumulate,
-                ptr,
-                n,
-                tensor_id,
-                seed_bytes,
-                step_bytes,
-                scale,
-                b,
-                min(b + per, n_blocks),
-            )
-            for b in range(0, n_blocks, per)
-        ]
-        for f in futures:
-            f.result()
+        one = single_tensor(w.numel(), tensor_id, scale, seeds, steps)
+        if one is not None:
+            self._run(w, *one, id_base=tensor_id)
 
     def accumulate_flat(
         self,
@@ -186,18 +183,33 @@ class CpuKernelBackend:
         seeds: Sequence[int],
         steps: npt.NDArray[np.int32],
     ) -> None:
-        if not len(seeds):
-            return
-        if flat.device.type != "cpu" or flat.dtype != torch.float32 or not flat.is_contiguous():
-            raise ModelError("the CPU kernel needs a contiguous fp32 CPU buffer")
-        seed_bytes = struct.pack(f"<{len(seeds)}Q", *seeds)
-        step_bytes = np.ascontiguousarray(steps, dtype="<i4").tobytes()
-        nb = layout.n_blocks
+        if len(seeds):
+            self._run(
+                flat, layout.block_tensor, layout.block_local, layout.scales, list(seeds), steps
+            )
+
+    def _run(
+        self,
+        w: torch.Tensor,
+        block_tensor: torch.Tensor,
+        block_local: torch.Tensor,
+        scales: torch.Tensor,
+        seeds: list[int],
+        steps: npt.NDArray[np.int32],
+        id_base: int = 0,
+    ) -> None:
+        """One pass over ``w``, split by block range over the threads (GIL released)."""
+        if w.device.type != "cpu" or w.dtype != torch.float32 or not w.is_contiguous():
+            raise ModelError("the CPU kernel needs a contiguous fp32 CPU tensor")
+        n = w.numel()
+        nb = -(-n // BLOCK)
         args = (
-            flat.data_ptr(), nb, layout.block_tensor.data_ptr(), layout.block_local.data_ptr(),
-            layout.scales.data_ptr(), layout.n_tensors, seed_bytes, step_bytes,
+            w.data_ptr(), n, block_tensor.data_ptr(), block_local.data_ptr(), id_base,
+            scales.data_ptr(),
+            steps.shape[1], struct.pack(f"<{len(seeds)}Q", *seeds),
+            np.ascontiguousarray(steps, dtype="<i4").tobytes(),
         )  # fmt: skip
-        parts = min(self.threads, max(1, (nb * BLOCK * len(seeds)) // self.min_split), nb)
+        parts = min(self.threads, max(1, (n * len(seeds)) // self.min_split), nb)
         if parts == 1:
             self._k.accumulate_flat(*args, 0, nb)
             return

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import torch
 
 from .errors import ModelError
+from .kernels import single_tensor
 from .layout import FlatLayout
 
 try:  # Triton is optional: present with CUDA builds of torch, absent on CPU-only hosts.
@@ -72,6 +73,7 @@ if _HAVE_TRITON:
         w_ptr,
         block_tensor_ptr,
         block_local_ptr,
+        id_base,
         scales_ptr,
         keys_ptr,
         steps_ptr,
@@ -87,7 +89,7 @@ if _HAVE_TRITON:
         tensor = tl.load(block_tensor_ptr + blocks, mask=live, other=0)  # int32
         local = tl.load(block_local_ptr + blocks, mask=live, other=0)
         c0 = local.to(tl.uint32)[:, None]  # (TILE, 1)
-        c1 = tensor.to(tl.uint32)[:, None]
+        c1 = (tensor.to(tl.uint32) + id_base).to(tl.uint32)[:, None]  # tensor id: Philox counter
         zero = tl.zeros_like(c0)
         lane = tl.arange(0, 32)[None, :]  # (1, 32)
         up = (31 - lane).to(tl.uint32)
@@ -150,21 +152,13 @@ class TritonBackend:
         steps: Sequence[int],
         scale: float,
     ) -> None:
-        """One tensor, as a packed layout whose blocks all belong to ``tensor_id``."""
-        pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
-        if not pairs or w.numel() == 0:
-            return
-        self._check(w)
-        dev = w.device
-        nb = -(-w.numel() // 128)
-        width = tensor_id + 1  # the kernel indexes steps and scales by tensor id
-        st = np.zeros((len(pairs), width), dtype=np.int32)
-        st[:, tensor_id] = [k for _, k in pairs]
-        scales = torch.zeros(width, dtype=torch.float32, device=dev)
-        scales[tensor_id] = scale
-        block_tensor = torch.full((nb,), tensor_id, dtype=torch.int32, device=dev)
-        block_local = torch.arange(nb, dtype=torch.int32, device=dev)
-        self._launch(w, nb, block_tensor, block_local, scales, [s for s, _ in pairs], st)
+        """One tensor, as a one-column layout whose counter names ``tensor_id``."""
+        one = single_tensor(w.numel(), tensor_id, scale, seeds, steps, device=w.device)
+        if one is not None:
+            self._check(w)
+            block_tensor, block_local, scales, live_seeds, matrix = one
+            self._launch(w, block_tensor.numel(), block_tensor, block_local, scales, live_seeds,
+                         matrix, id_base=tensor_id)  # fmt: skip
 
     def accumulate_flat(
         self,
@@ -193,6 +187,7 @@ class TritonBackend:
         scales: torch.Tensor,
         seeds: Sequence[int],
         steps: npt.NDArray[np.int32],
+        id_base: int = 0,
     ) -> None:
         dev = w.device
         keys = torch.from_numpy(_key_words(seeds)).to(dev, non_blocking=True)
@@ -201,7 +196,7 @@ class TritonBackend:
         )
         grid = (-(-n_blocks // self.tile),)
         _accumulate_kernel[grid](
-            w, block_tensor, block_local, scales, keys, st, len(seeds), st.shape[1], n_blocks,
+            w, block_tensor, block_local, id_base, scales, keys, st, len(seeds), st.shape[1], n_blocks,
             w.numel(), TILE=self.tile, num_warps=self.warps,
         )  # fmt: skip
 

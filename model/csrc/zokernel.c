@@ -1,9 +1,10 @@
 /*
  * seedswarm CPU kernel: Philox4x32-10 Rademacher signs fused with scale-and-add.
  *
- *   w[i] += scale * sum_r steps[r] * z_r[i],   z_r[i] = +1 or -1 from Philox under seeds[r]
+ *   w[i] += scale_t * sum_r steps[r][t] * z_r[i],   z_r[i] = +1 or -1 from Philox under seeds[r]
  *
- * for the elements of sign blocks [block_begin, block_end) of one tensor. The layout is
+ * for the elements of sign blocks [block_begin, block_end) of a buffer of whole blocks, each
+ * block belonging to one tensor t (model/layout.py). The layout is
  * docs/PROTOCOL.md's: block b of tensor t is Philox(key = seed, counter = (b, t, 0, 0)); bit j
  * (LSB first) of word k gives element 128*b + 32*k + j, 0 meaning +1.
  *
@@ -62,44 +63,20 @@ static inline void add_block(int32_t *restrict acc, const uint32_t words[4], int
     }
 }
 
-SS_CLONES
-static void accumulate_range(float *restrict w, int64_t n, uint32_t tensor_id,
-                             const uint64_t *seeds, const int32_t *steps, int64_t nrec,
-                             float scale, int64_t block_begin, int64_t block_end) {
-    int32_t acc[TILE_BLOCKS * BLOCK];
-    uint32_t words[4];
-    for (int64_t b0 = block_begin; b0 < block_end; b0 += TILE_BLOCKS) {
-        int64_t nb = block_end - b0 < TILE_BLOCKS ? block_end - b0 : TILE_BLOCKS;
-        memset(acc, 0, sizeof(int32_t) * (size_t)(nb * BLOCK));
-        for (int64_t r = 0; r < nrec; r++) {
-            int32_t s = steps[r];
-            if (s == 0) continue;
-            uint32_t k0 = (uint32_t)seeds[r], k1 = (uint32_t)(seeds[r] >> 32);
-            for (int64_t b = 0; b < nb; b++) {
-                philox4x32_10(k0, k1, (uint32_t)(b0 + b), tensor_id, 0u, 0u, words);
-                add_block(acc + b * BLOCK, words, s);
-            }
-        }
-        int64_t first = b0 * BLOCK;
-        int64_t count = nb * BLOCK;
-        if (first + count > n) count = n - first;
-        float *restrict wp = w + first;
-        for (int64_t i = 0; i < count; i++) wp[i] += (float)acc[i] * scale;
-    }
-}
-
 /*
  * The packed form (model/layout.py): all trainable tensors in one padded buffer of whole
  * blocks; block b belongs to tensor block_tensor[b] as its block block_local[b]. steps is an
  * R x n_tensors row-major matrix (a record moves each tensor by its own number of grid steps)
  * and scales[t] is tensor t's grid step. One call covers every tensor: one pass over memory.
+ * The Philox counter names tensor id_base + t (id_base is 0 for the packed buffer, and the
+ * tensor's id when a single tensor is passed as a one-column layout).
  */
 SS_CLONES
-static void accumulate_flat_range(float *restrict w, const int32_t *block_tensor,
-                                  const int32_t *block_local, const float *scales,
-                                  int64_t n_tensors, const uint64_t *seeds,
-                                  const int32_t *steps, int64_t nrec, int64_t block_begin,
-                                  int64_t block_end) {
+static void accumulate_flat_range(float *restrict w, int64_t n_elements,
+                                  const int32_t *block_tensor, const int32_t *block_local,
+                                  uint32_t id_base, const float *scales, int64_t n_tensors,
+                                  const uint64_t *seeds, const int32_t *steps, int64_t nrec,
+                                  int64_t block_begin, int64_t block_end) {
     int32_t acc[TILE_BLOCKS * BLOCK];
     uint32_t words[4];
     for (int64_t b0 = block_begin; b0 < block_end; b0 += TILE_BLOCKS) {
@@ -112,15 +89,18 @@ static void accumulate_flat_range(float *restrict w, const int32_t *block_tensor
                 int32_t t = block_tensor[b0 + b];
                 int32_t s = row[t];
                 if (s == 0) continue;
-                philox4x32_10(k0, k1, (uint32_t)block_local[b0 + b], (uint32_t)t, 0u, 0u, words);
+                philox4x32_10(k0, k1, (uint32_t)block_local[b0 + b], id_base + (uint32_t)t, 0u,
+                              0u, words);
                 add_block(acc + b * BLOCK, words, s);
             }
         }
         for (int64_t b = 0; b < nb; b++) {
             float scale = scales[block_tensor[b0 + b]];
-            float *restrict wp = w + (b0 + b) * BLOCK;
+            int64_t first = (b0 + b) * BLOCK;
+            int64_t count = n_elements - first < BLOCK ? n_elements - first : BLOCK;
+            float *restrict wp = w + first;
             const int32_t *ap = acc + b * BLOCK;
-            for (int i = 0; i < BLOCK; i++) wp[i] += (float)ap[i] * scale;
+            for (int64_t i = 0; i < count; i++) wp[i] += (float)ap[i] * scale;
         }
     }
 }
@@ -140,50 +120,26 @@ static void signs_range(int8_t *out, int64_t n, uint32_t tensor_id, uint64_t see
     }
 }
 
-static PyObject *py_accumulate(PyObject *self, PyObject *args) {
-    unsigned long long w_ptr;
-    long long n, tensor_id, block_begin, block_end;
-    Py_buffer seeds, steps;
-    float scale;
-    if (!PyArg_ParseTuple(args, "KLLy*y*fLL", &w_ptr, &n, &tensor_id, &seeds, &steps, &scale,
-                          &block_begin, &block_end))
-        return NULL;
-    int64_t nrec = seeds.len / 8;
-    if (seeds.len != nrec * 8 || steps.len != nrec * 4 || block_begin < 0 ||
-        block_end > (n + BLOCK - 1) / BLOCK || tensor_id < 0 || tensor_id > 0xFFFFFFFFLL) {
-        PyBuffer_Release(&seeds);
-        PyBuffer_Release(&steps);
-        PyErr_SetString(PyExc_ValueError, "accumulate: inconsistent arguments");
-        return NULL;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    accumulate_range((float *)(uintptr_t)w_ptr, n, (uint32_t)tensor_id,
-                     (const uint64_t *)seeds.buf, (const int32_t *)steps.buf, nrec, scale,
-                     block_begin, block_end);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&seeds);
-    PyBuffer_Release(&steps);
-    Py_RETURN_NONE;
-}
-
 static PyObject *py_accumulate_flat(PyObject *self, PyObject *args) {
     unsigned long long w_ptr, bt_ptr, bl_ptr, sc_ptr;
-    long long n_blocks, n_tensors, block_begin, block_end;
+    long long n_elements, id_base, n_tensors, block_begin, block_end;
     Py_buffer seeds, steps;
-    if (!PyArg_ParseTuple(args, "KLKKKLy*y*LL", &w_ptr, &n_blocks, &bt_ptr, &bl_ptr, &sc_ptr,
-                          &n_tensors, &seeds, &steps, &block_begin, &block_end))
+    if (!PyArg_ParseTuple(args, "KLKKLKLy*y*LL", &w_ptr, &n_elements, &bt_ptr, &bl_ptr, &id_base,
+                          &sc_ptr, &n_tensors, &seeds, &steps, &block_begin, &block_end))
         return NULL;
     int64_t nrec = seeds.len / 8;
     if (seeds.len != nrec * 8 || steps.len != nrec * n_tensors * 4 || n_tensors < 1 ||
-        block_begin < 0 || block_end > n_blocks || block_begin > block_end) {
+        n_elements < 0 || id_base < 0 || id_base > 0xFFFFFFFFLL || block_begin < 0 || block_end > (n_elements + BLOCK - 1) / BLOCK ||
+        block_begin > block_end) {
         PyBuffer_Release(&seeds);
         PyBuffer_Release(&steps);
         PyErr_SetString(PyExc_ValueError, "accumulate_flat: inconsistent arguments");
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    accumulate_flat_range((float *)(uintptr_t)w_ptr, (const int32_t *)(uintptr_t)bt_ptr,
-                          (const int32_t *)(uintptr_t)bl_ptr, (const float *)(uintptr_t)sc_ptr,
+    accumulate_flat_range((float *)(uintptr_t)w_ptr, n_elements, (const int32_t *)(uintptr_t)bt_ptr,
+                          (const int32_t *)(uintptr_t)bl_ptr, (uint32_t)id_base,
+                          (const float *)(uintptr_t)sc_ptr,
                           n_tensors, (const uint64_t *)seeds.buf, (const int32_t *)steps.buf,
                           nrec, block_begin, block_end);
     Py_END_ALLOW_THREADS
@@ -208,10 +164,8 @@ static PyObject *py_signs(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"accumulate", py_accumulate, METH_VARARGS,
-     "accumulate(w_ptr, n, tensor_id, seeds_u64le, steps_i32le, scale, block_begin, block_end)"},
     {"accumulate_flat", py_accumulate_flat, METH_VARARGS,
-     "accumulate_flat(w_ptr, n_blocks, block_tensor_ptr, block_local_ptr, scales_ptr, "
+     "accumulate_flat(w_ptr, n_elements, block_tensor_ptr, block_local_ptr, id_base, scales_ptr, "
      "n_tensors, seeds_u64le, steps_i32le_RxT, block_begin, block_end)"},
     {"signs", py_signs, METH_VARARGS, "signs(out_ptr, n, tensor_id, seed): int8 +-1 values"},
     {NULL, NULL, 0, NULL}};
