@@ -16,8 +16,10 @@ nothing prints a traceback unless SEEDSWARM_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -183,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    # `kill -USR1 <pid>` prints every thread's stack: how to see what a stuck process waits for
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     _quiet_libraries()
     try:
         config = load_config_file(getattr(args, "config", None))

@@ -40,7 +40,7 @@ from seedswarm.protocol.codec import (
     sign_frame,
     unpack_strict,
 )
-from seedswarm.protocol.errors import ConflictError, DecodeError, ProtocolError
+from seedswarm.protocol.errors import ConflictError, DecodeError, ProtocolError, SeedswarmError
 from seedswarm.protocol.ids import check_node_id
 from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.manifest import Manifest
@@ -246,9 +246,12 @@ class Node:
                 tg.create_task(self._heartbeat(), name="heartbeat")
                 tg.create_task(self._responder(), name="responder")
                 tg.create_task(self._shutdown(), name="shutdown")
-        except* JoinRefused as eg:
+        except* (JoinRefused, ConfigError) as eg:
             self.error = str(eg.exceptions[0])
-            self.exit_code = 2
+            self.exit_code = 2  # the user can fix this: another manifest, a bad setting
+        except* SeedswarmError as eg:
+            self.error = str(eg.exceptions[0])  # e.g. the disk refused a write
+            self.exit_code = 1
         finally:
             await self._teardown()
             for sig in (signal.SIGINT, signal.SIGTERM):

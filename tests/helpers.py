@@ -228,14 +228,21 @@ class NodeProc:
 
 @contextlib.contextmanager
 def running(*procs: NodeProc) -> Iterator[None]:
+    """Kill what is still running at the end; first ask it for its stacks (SIGUSR1, see
+    daemon/cli.py), so a node that hung leaves in its log what it was waiting for."""
     try:
         yield
     finally:
-        for p in procs:
-            if p.alive():
-                assert p.proc is not None
-                p.proc.kill()
-                p.proc.wait()
+        live = [p for p in procs if p.alive()]
+        for p in live:
+            assert p.proc is not None
+            p.proc.send_signal(signal.SIGUSR1)
+        if live:
+            time.sleep(1.0)
+        for p in live:
+            assert p.proc is not None
+            p.proc.kill()
+            p.proc.wait()
 
 
 def converged(nodes: list[NodeProc], expect: dict[str, int]) -> bool:

@@ -1,0 +1,470 @@
+"""The node image and the compose swarm, proven on a real Docker engine.
+
+1. a Docker engine: the one that runs, or dockerd started here (and stopped afterwards);
+2. stand-in base images built from Debian packages (no registry can be reached here):
+   ``python:3.11-slim`` and the ``eclipse-mosquitto`` tag that docker/compose.yaml pins;
+3. the node image from docker/Dockerfile in offline mode, from wheels the host collects
+   (``pip wheel --no-deps`` for the project, so its C kernel is compiled here; ``pip download``
+   for the rest): the build itself runs with ``--network none``;
+4. the swarm from docker/compose.yaml with compose.hostnet.yaml on top (host networking: all
+   traffic on 127.0.0.1): three nodes train, and every node's published status port reports
+   the same ``version_vector`` and ``fingerprint``;
+5. one node's container is killed (SIGKILL) and started again: its volume kept its log, and it
+   rejoins with the same fingerprint without taking a step again;
+6. ``down -v``, and every image built here is removed (tags it borrowed are given back).
+The auth variant (compose.auth.yaml, make-auth.sh) runs a swarm whose broker wants passwords,
+and checks the per-node write ACLs with Mosquitto's own clients. Each stage is timed; the
+summary (and the node image's size) is printed at the end of the module.
+
+Everything is real: the engine, images, containers, compose (Debian's docker-compose 1.29.2;
+``docker compose`` v2 where v1 is missing), the broker and the nodes' HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..helpers import cli, free_port, get_json, get_text, wait_until
+from .engine import (
+    MOSQUITTO,
+    PYTHON,
+    Engine,
+    ImageLedger,
+    Timings,
+    build_standin,
+    docker,
+    docker_env,
+    run,
+    say,
+    start_engine,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+NODES = ("node1", "node2", "node3")
+STEPS = 30  # own steps per node in the main swarm
+AUTH_STEPS = 10
+
+
+def pinned_tags() -> tuple[str, str]:
+    """The base images the project's files name: python from the Dockerfile, Mosquitto from
+    compose.yaml (a pinned 2.0.x tag)."""
+    py = re.search(r"^ARG PYTHON_IMAGE=(\S+)", (REPO / "docker/Dockerfile").read_text(), re.M)
+    mq = re.search(r"image: (eclipse-mosquitto:\S+)", (REPO / "docker/compose.yaml").read_text())
+    assert py, "docker/Dockerfile lost its ARG PYTHON_IMAGE"
+    assert mq, "docker/compose.yaml lost its eclipse-mosquitto image"
+    assert re.fullmatch(r"eclipse-mosquitto:2\.0\.\d+", mq.group(1)), mq.group(1)
+    return py.group(1), mq.group(1)
+
+
+def compose_command() -> list[str]:
+    """Debian's docker-compose (v1, what .ci/run installs), else the v2 plugin."""
+    choice = os.environ.get("SEEDSWARM_TEST_COMPOSE", "")
+    if choice:
+        return choice.split()
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if run(["docker", "compose", "version"], check=False).returncode == 0:
+        return ["docker", "compose"]
+    pytest.fail("no docker-compose (apt-get install docker-compose; .ci/run does)")
+
+
+# ============================================================================= fixtures
+
+
+@pytest.fixture(scope="module")
+def timings(request: pytest.FixtureRequest) -> Iterator[Timings]:
+    t = Timings()
+    yield t
+    lines = ["docker test stages:", *t.report()]
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    for line in lines:
+        if reporter is not None:
+            reporter.write_line(line)  # shown without -s too
+        else:
+            say(line)
+
+
+@pytest.fixture(scope="module")
+def engine(timings: Timings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with timings.stage("1. Docker engine (reuse or start dockerd)"):
+        got = start_engine(tmp_path_factory.mktemp("dockerd"))
+    if isinstance(got, str):
+        say(f"SKIP: {got}")
+        pytest.skip(f"no Docker engine can start here: {got}")
+    timings.notes.append(
+        f"engine {got.version}, "
+        + (f"started here (log {got.log})" if got.proc else "already running (left running)")
+    )
+    try:
+        yield got
+    finally:
+        with timings.stage("6. stop the dockerd started here" if got.proc else "6. (engine left)"):
+            got.stop()
+
+
+@dataclass
+class Built:
+    ctx: Path  # a copy of the checkout: the build context and the compose project
+    image: str
+    compose: list[str]
+    timings: Timings
+
+
+def copy_checkout(dst: Path) -> None:
+    """The working tree as git sees it (tracked and untracked, not ignored), else a plain walk."""
+    rels: list[str]
+    git = run(
+        ["git", "-C", REPO, "ls-files", "-co", "--exclude-standard", "-z"], check=False, env=None
+    )
+    if git.returncode == 0 and git.stdout:
+        rels = [r for r in git.stdout.split("\0") if r]
+    else:
+        skip = {".git", ".venv", "build", "dist", "__pycache__", ".mypy_cache", ".pytest_cache"}
+        rels = [
+            str(p.relative_to(REPO))
+            for p in REPO.rglob("*")
+            if not (set(p.relative_to(REPO).parts) & skip) and (p.is_file() or p.is_symlink())
+        ]
+    for rel in rels:
+        src, out = REPO / rel, dst / rel
+        if not os.path.lexists(src):
+            continue  # deleted in the working tree
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            out.symlink_to(os.readlink(src))
+        elif src.is_file():
+            shutil.copy2(src, out)
+
+
+def collect_wheels(ctx: Path) -> Path:
+    """docker/wheels for OFFLINE=1: the project built here, and its dependencies."""
+    if sys.version_info[:2] != (3, 11):
+        pytest.fail("the image runs CPython 3.11: collect its wheels with a Python 3.11 host")
+    wheels = ctx / "docker/wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip"]
+    run([*pip, "wheel", "-q", "--no-deps", "-w", wheels, ctx], cwd=ctx, timeout=900)
+    (project,) = wheels.glob("seedswarm-*.whl")
+    # the torch this host runs (the CPU build in CI) rather than whatever the index prefers
+    constraints = ctx / "constraints.txt"
+    constraints.write_text(f"torch=={version('torch')}\n")
+    run([*pip, "download", "-q", "-d", wheels, "-c", constraints, project], timeout=900)
+    return wheels
+
+
+@pytest.fixture(scope="module")
+def built(
+    engine: Engine, timings: Timings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Built]:
+    python_tag, mosquitto_tag = pinned_tags()
+    work = tmp_path_factory.mktemp("docker-build")
+    ledger = ImageLedger()
+    try:
+        ledger.borrow(python_tag)
+        build_standin(PYTHON, python_tag, work, timings)
+        ledger.borrow(mosquitto_tag)
+        build_standin(MOSQUITTO, mosquitto_tag, work, timings)
+        ctx = work / "checkout"
+        with timings.stage("3. wheels on the host (pip wheel --no-deps ., pip download)"):
+            copy_checkout(ctx)
+            wheels = collect_wheels(ctx)
+        timings.notes.append(
+            f"wheels: {len(list(wheels.iterdir()))} files, "
+            f"{sum(p.stat().st_size for p in wheels.iterdir()) / 2**20:.0f} MiB"
+        )
+        tag = f"seedswarm-node:test-{os.getpid()}"
+        ledger.borrow(tag)
+        with timings.stage("3. docker build --network none (OFFLINE=1)"):
+            run(
+                ["docker", "build", "--network", "none", "-f", ctx / "docker/Dockerfile",
+                 "--build-arg", "OFFLINE=1", "-t", tag, ctx],
+                timeout=1800,
+            )  # fmt: skip
+        shutil.rmtree(wheels)
+        size = int(docker("image", "inspect", "--format", "{{.Size}}", tag))
+        timings.notes.append(f"node image {tag}: {size / 1e9:.2f} GB ({size / 2**30:.2f} GiB)")
+        yield Built(ctx, tag, compose_command(), timings)
+    finally:
+        with timings.stage("6. remove the images built here"):
+            left = ledger.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+        assert not left, f"images left behind: {left}"
+
+
+# ============================================================================= a compose swarm
+
+
+@dataclass
+class Swarm:
+    built: Built
+    project: str
+    files: list[str]
+    steps: int
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ports = {"mqtt": free_port(), **{n: free_port() for n in NODES}}
+
+    @property
+    def dir(self) -> Path:
+        return self.built.ctx / "docker"
+
+    def env(self) -> dict[str, str]:
+        e = docker_env()
+        e.update(
+            SEEDSWARM_IMAGE=self.built.image,
+            SEEDSWARM_MQTT_PORT=str(self.ports["mqtt"]),
+            SEEDSWARM_STEPS=str(self.steps),
+            SEEDSWARM_TORCH_THREADS="1",
+        )
+        for i, n in enumerate(NODES, 1):
+            e[f"SEEDSWARM_NODE{i}_PORT"] = str(self.ports[n])
+        return e
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> str:
+        cmd = [*self.built.compose, "-p", self.project]
+        for f in self.files:
+            cmd += ["-f", f]
+        proc = run([*cmd, *args], timeout=timeout, check=False, env=self.env(), cwd=self.dir)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"compose {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{self.logs()}"
+            )
+        return proc.stdout.strip()
+
+    def cid(self, service: str) -> str:
+        out = docker(
+            "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
+            "--filter", f"label=com.docker.compose.service={service}",
+        )  # fmt: skip
+        assert len(out.split()) == 1, f"not one container for {service}: {out!r}"
+        return out
+
+    def state(self, service: str) -> tuple[str, str]:
+        fmt = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+        out = docker("inspect", "--format", fmt, self.cid(service)).split()
+        return out[0], out[1] if len(out) > 1 else ""
+
+    def url(self, node: str) -> str:
+        return f"http://127.0.0.1:{self.ports[node]}"
+
+    def status(self, node: str) -> dict[str, Any]:
+        st: dict[str, Any] = get_json(self.url(node) + "/status?fresh=1", timeout=30)
+        return st
+
+    def logs(self) -> str:
+        with contextlib.suppress(Exception):
+            cmd = [*self.built.compose, "-p", self.project]
+            for f in self.files:
+                cmd += ["-f", f]
+            proc = run([*cmd, "logs", "--no-color", "--tail", "25"], check=False,
+                       env=self.env(), cwd=self.dir, timeout=120)  # fmt: skip
+            return "--- compose logs (tail) ---\n" + proc.stdout[-6000:]
+        return "(no logs)"
+
+    def wait(self, what: str, pred: Any, timeout: float) -> None:
+        try:
+            wait_until(pred, timeout=timeout, what=what, interval=1.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+
+    def wait_healthy(self, services: tuple[str, ...] = NODES, timeout: float = 420) -> None:
+        def healthy() -> bool:
+            states = {s: self.state(s) for s in services}
+            for s, (status, _) in states.items():
+                if status in ("exited", "dead"):
+                    raise AssertionError(f"{s} exited: {states}\n{self.logs()}")
+            return all(h == "healthy" for _, h in states.values())
+
+        self.wait(f"{', '.join(services)} healthy", healthy, timeout)
+        for s in services:
+            if s in NODES:
+                assert get_text(self.url(s) + "/readyz")[0] == 200
+
+    def agreed(self) -> list[dict[str, Any]] | None:
+        """Every node's status when all took their steps, applied every record and hold the
+        same fingerprint; else None."""
+        want = dict.fromkeys(NODES, self.steps)
+        try:
+            sts = [self.status(n) for n in NODES]
+        except (OSError, ValueError):
+            return None
+        for st in sts:
+            if not (st["steps"]["done"] and st["version_vector"] == want):
+                return None
+            if st["records"]["pending"] or st["fingerprint_stale"]:
+                return None
+        return sts if len({st["fingerprint"] for st in sts}) == 1 else None
+
+    def wait_agreed(self, timeout: float = 420) -> list[dict[str, Any]]:
+        self.wait("every node to apply every record, with one fingerprint",
+                  lambda: self.agreed() is not None, timeout)  # fmt: skip
+        sts = self.agreed()
+        assert sts is not None
+        return sts
+
+    def down(self) -> None:
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "30", check=False)
+        # belt and braces: nothing of the project may stay
+        label = f"label=com.docker.compose.project={self.project}"
+        for cid in docker("ps", "-aq", "--filter", label).split():
+            docker("rm", "-fv", cid, check=False)
+        for vol in docker("volume", "ls", "-q", "--filter", label).split():
+            docker("volume", "rm", "-f", vol, check=False)
+        for net in docker("network", "ls", "-q", "--filter", label).split():
+            docker("network", "rm", net, check=False)
+
+
+@contextlib.contextmanager
+def swarm(built: Built, name: str, files: list[str], steps: int) -> Iterator[Swarm]:
+    s = Swarm(built, f"ssdockertest{os.getpid()}{name}", files, steps)
+    try:
+        yield s
+    finally:
+        with built.timings.stage(f"6. {name}: compose down -v"):
+            s.down()
+        label = f"label=com.docker.compose.project={s.project}"
+        assert not docker("ps", "-aq", "--filter", label), "containers left behind"
+        assert not docker("volume", "ls", "-q", "--filter", label), "volumes left behind"
+
+
+# ============================================================================= tests
+
+
+@pytest.mark.timeout(300)
+def test_compose_files_validate(engine: Engine, tmp_path: Path) -> None:
+    """Every documented combination of compose files renders; the default (docker/.env, no -f)
+    publishes the status ports, the host-network override publishes none."""
+    compose = compose_command()
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    for f in ("passwd", "acl", "mosquitto.env", *(f"{n}.env" for n in NODES)):
+        (auth / f).write_text("")
+    env = {**docker_env(), "SEEDSWARM_AUTH_DIR": str(auth)}
+
+    def config(*files: str) -> str:
+        args = [a for f in files for a in ("-f", f)]
+        out = run([*compose, *args, "config"], env=env, cwd=REPO / "docker").stdout
+        services = run([*compose, *args, "config", "--services"], env=env, cwd=REPO / "docker")
+        assert sorted(services.stdout.split()) == ["mosquitto", *NODES], services.stdout
+        return out
+
+    default = config()  # docker/.env: compose.yaml + compose.ports.yaml
+    for port in ("1883", "8471", "8472", "8473"):
+        assert port in default
+    assert "network_mode" not in default
+    hostnet = config("compose.yaml", "compose.hostnet.yaml")
+    assert hostnet.count("network_mode: host") == 4
+    assert "8470/tcp" not in hostnet  # v1's rendering of a published port
+    assert "published" not in hostnet  # v2's
+    assert "mosquitto-auth.conf" in config(
+        "compose.yaml", "compose.ports.yaml", "compose.auth.yaml"
+    )
+    assert "nvidia" in config("compose.yaml", "compose.ports.yaml", "compose.gpu.yaml")
+
+
+@pytest.mark.timeout(2400)  # includes building the images (module fixture)
+def test_swarm_agrees_and_a_killed_node_rejoins(built: Built) -> None:
+    t = built.timings
+    # the image: non-root, /data a volume, `seedswarm node` as entrypoint, a healthcheck
+    cfg = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", built.image))
+    assert cfg["User"] == "seedswarm"
+    assert "/data" in cfg["Volumes"]
+    assert cfg["Entrypoint"] == ["seedswarm", "node"]
+    assert "healthcheck" in " ".join(cfg["Healthcheck"]["Test"])
+
+    with swarm(built, "main", ["compose.yaml", "compose.hostnet.yaml"], STEPS) as s:
+        with t.stage("4. compose up -d (broker healthy, then 3 nodes)"):
+            s.compose("up", "-d", "--no-build")
+        with t.stage("4. nodes healthy (HEALTHCHECK on /readyz)"):
+            s.wait_healthy()
+        with t.stage(f"4. {STEPS} steps each, all agree"):
+            before = s.wait_agreed()
+        fingerprint = before[0]["fingerprint"]
+        assert docker("exec", s.cid("node1"), "id", "-u") == "10001"
+        for n in NODES:  # what the README tells users to run
+            out = cli("status", s.url(n), check=True).stdout
+            assert fingerprint[:16] in out, out
+            assert n in out, out
+        for st in before:
+            assert st["loss"]["recent"] < st["loss"]["first"], st["loss"]
+
+        with t.stage("5. kill node2, start it again, it rejoins"):
+            node2 = s.cid("node2")
+            docker("kill", node2)
+            wait_until(lambda: s.state("node2")[0] == "exited", timeout=60, what="node2 to die")
+            assert docker("inspect", "--format", "{{.State.ExitCode}}", node2) == "137"
+            s.compose("start", "node2")
+            s.wait_healthy(("node2",))
+            after = s.wait_agreed()
+        again = {st["node"]: st for st in after}["node2"]
+        assert s.cid("node2") == node2  # the same container, so the same volume
+        assert again["fingerprint"] == fingerprint
+        assert again["steps"]["this_session"] == 0
+        assert again["steps"]["taken"] == STEPS
+        # its log came back from the volume, not from the peers
+        assert again["restored_records"] + again["replayed_records"] == STEPS * len(NODES)
+        assert again["uptime_s"] < min(st["uptime_s"] for st in after if st is not again)
+
+
+@pytest.mark.timeout(900)
+def test_auth_variant_passwords_and_write_acls(built: Built) -> None:
+    t = built.timings
+    files = ["compose.yaml", "compose.hostnet.yaml", "compose.auth.yaml"]
+    with swarm(built, "auth", files, AUTH_STEPS) as s:
+        with t.stage("auth: make-auth.sh, compose up, nodes agree"):
+            run([s.dir / "make-auth.sh", *NODES], env=docker_env())
+            s.compose("up", "-d", "--no-build")
+            s.wait_healthy(("mosquitto", *NODES))
+            s.wait_agreed()
+        secrets = {}
+        for n in NODES:
+            values = dict(
+                line.split("=", 1) for line in (s.dir / "auth" / f"{n}.env").read_text().split()
+            )
+            assert values["SEEDSWARM_USERNAME"] == n
+            secrets[n] = values["SEEDSWARM_PASSWORD"]
+        probe = r"""
+            port=$PORT
+            ok() { "$@" >/dev/null 2>&1 && echo accepted || echo refused; }
+            echo "anonymous: $(ok mosquitto_pub -h 127.0.0.1 -p $port -t seedswarm/x -m x)"
+            echo "wrong password: $(ok mosquitto_pub -h 127.0.0.1 -p $port -u node1 -P wrong -t seedswarm/x -m x)"
+            pub() { mosquitto_pub -h 127.0.0.1 -p $port -q 1 -r "$@"; }
+            pub -u node1 -P "$P1" -t seedswarm/acl-a/records/node2 -m forged
+            pub -u node1 -P "$P1" -t seedswarm/acl-b/presence/node2 -m forged
+            pub -u node2 -P "$P2" -t seedswarm/acl-c/records/node2 -m own
+            pub -u node1 -P "$P1" -t seedswarm/acl-d/sync/node2 -m want
+            pub -u node1 -P "$P1" -t seedswarm/acl-e/presence/node1 -m own
+            for run in a b c d e; do set -- "$@" -t "seedswarm/acl-$run/#"; done
+            mosquitto_sub -h 127.0.0.1 -p $port -u node3 -P "$P3" "$@" -v -W 5 || true
+        """
+        out = docker(
+            "exec", "-e", f"PORT={s.ports['mqtt']}", "-e", f"P1={secrets['node1']}",
+            "-e", f"P2={secrets['node2']}", "-e", f"P3={secrets['node3']}",
+            s.cid("mosquitto"), "sh", "-c", probe, timeout=120,
+        )  # fmt: skip
+        lines = out.splitlines()
+        assert "anonymous: refused" in lines, out
+        assert "wrong password: refused" in lines, out
+        # node1 may not write node2's records or presence; anyone may write sync topics
+        assert sorted(line for line in lines if line.startswith("seedswarm/")) == [
+            "seedswarm/acl-c/records/node2 own",
+            "seedswarm/acl-d/sync/node2 want",
+            "seedswarm/acl-e/presence/node1 own",
+        ], out
+    t.notes.append("auth: anonymous and wrong passwords refused; per-node write ACLs hold")
