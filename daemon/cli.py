@@ -120,7 +120,11 @@ EVAL_OPTIONS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="seedswarm", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = _Parser(
+        prog="seedswarm",
+        description="Fine-tune a language model across hosts that exchange one byte per step.",
+        epilog="Start with: seedswarm swarm --nodes 3   (each command has --help)",
+    )
     parser.add_argument(
         "--log-level",
         default=os.environ.get("SEEDSWARM_LOG_LEVEL", "warning"),
