@@ -35,6 +35,7 @@ SYSTEM_ENV = {
 }
 SUITE = "bookworm"
 RECIPE_VERSION = "1"
+SUMMARY: list[str] = []  # the stage timings, for pytest's terminal summary
 
 
 def say(msg: str) -> None:
@@ -167,8 +168,9 @@ def start_engine(workdir: Path) -> Engine | str:
     # a dockerd killed hard leaves its pid file, and a new one refuses to start
     pidfile = Path("/var/run/docker.pid")
     with contextlib.suppress(OSError, ValueError):
-        os.kill(int(pidfile.read_text().strip()), 0)
-        return "a dockerd runs (per /var/run/docker.pid) but does not answer"
+        pid = int(pidfile.read_text().strip())
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+            return f"a dockerd runs (pid {pid}) but does not answer"
     with contextlib.suppress(OSError):
         pidfile.unlink()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from ..helpers import cli, free_port, get_json, get_text, wait_until
 from .engine import (
     MOSQUITTO,
     PYTHON,
+    SUMMARY,
     Engine,
     ImageLedger,
     Timings,
@@ -86,16 +87,12 @@ def compose_command() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def timings(request: pytest.FixtureRequest) -> Iterator[Timings]:
+def timings() -> Iterator[Timings]:
     t = Timings()
     yield t
-    lines = ["docker test stages:", *t.report()]
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    for line in lines:
-        if reporter is not None:
-            reporter.write_line(line)  # shown without -s too
-        else:
-            say(line)
+    SUMMARY.extend(t.report())  # printed in pytest's summary (conftest.py), -s or not
+    for line in t.report():
+        say(line)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +187,7 @@ def built(
         ledger.borrow(tag)
         with timings.stage("3. docker build --network none (OFFLINE=1)"):
             run(
-                ["docker", "build", "--network", "none", "-f", ctx / "docker/Dockerfile",
+                ["docker", "build", "--force-rm", "--network", "none", "-f", ctx / "docker/Dockerfile",
                  "--build-arg", "OFFLINE=1", "-t", tag, ctx],
                 timeout=1800,
             )  # fmt: skip
@@ -396,7 +393,8 @@ def test_swarm_agrees_and_a_killed_node_rejoins(built: Built) -> None:
         with t.stage(f"4. {STEPS} steps each, all agree"):
             before = s.wait_agreed()
         fingerprint = before[0]["fingerprint"]
-        assert docker("exec", s.cid("node1"), "id", "-u") == "10001"
+        assert docker("exec", s.cid("node1"), "id", "-u", "-n") == "seedswarm"
+        assert docker("exec", s.cid("node1"), "stat", "-c", "%u:%g", "/data") == "10001:10001"
         for n in NODES:  # what the README tells users to run
             out = cli("status", s.url(n), check=True).stdout
             assert fingerprint[:16] in out, out
