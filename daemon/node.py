@@ -384,9 +384,16 @@ class Node:
     # -- joining ---------------------------------------------------------------------------------
 
     async def _join(self) -> None:
-        """After the first connection, listen for peers' presence; refuse a foreign manifest."""
-        await self.transport.connected.wait()
-        await asyncio.sleep(self.values["join_wait"])
+        """After the first connection, listen for peers' presence; refuse a foreign manifest.
+
+        A stop request ends the wait: a node told to stop before it ever reached the broker
+        (broker down, Ctrl+C during start-up) must not hang here.
+        """
+        if not await self._until(self.transport.connected):
+            return  # stopped before the first connection
+        await self._until(self._stop, within=self.values["join_wait"])  # hear peers' presence
+        if self._stop.is_set():
+            return
         if self._conflicts:
             sender, theirs = next(iter(sorted(self._conflicts.items())))
             detail = ""
@@ -407,6 +414,21 @@ class Node:
             )
         self.joined.set()
         self.ready = True
+
+    async def _until(self, event: asyncio.Event, *, within: float | None = None) -> bool:
+        """Wait until ``event`` is set (True), or a stop request or ``within`` seconds come first."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        while not event.is_set():
+            left = 0.5 if deadline is None else min(0.5, deadline - loop.time())
+            if self._stop.is_set() or left <= 0:
+                return False
+            try:
+                async with asyncio.timeout(left):
+                    await event.wait()
+            except TimeoutError:
+                pass
+        return True
 
     # -- training --------------------------------------------------------------------------------
 

@@ -23,7 +23,16 @@ from seedswarm.protocol.codec import encode_frame, sign_frame
 from seedswarm.protocol.records import Frame
 from seedswarm.protocol.signing import NodeKey
 
-from ..helpers import Broker, NodeProc, converged, get_text, running, wait_until
+from ..helpers import (
+    Broker,
+    NodeProc,
+    converged,
+    free_port,
+    get_json,
+    get_text,
+    running,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -221,6 +230,27 @@ def test_node_settings_from_a_config_file_and_the_environment(
     assert proc.stderr.strip() == (
         "seedswarm node: error: config file: steps: expected an integer, got 'many'"
     )
+
+
+def test_a_node_that_never_reached_its_broker_stops_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM before the first connection (broker down) ends the node promptly, exit 0."""
+    nobody = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens here
+    node = NodeProc("lonely", tmp_path, nobody, steps=5)
+    with running(node):
+        node.start()
+
+        def up() -> bool:
+            assert node.alive(), node.tail()
+            try:
+                return get_text(node.url + "/healthz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(up, timeout=120, what="the node's status endpoint")
+        st = get_json(node.url + "/status")
+        assert st["broker"]["state"] != "connected"
+        assert get_text(node.url + "/readyz")[0] == 503
+        assert node.stop(timeout=30) == 0, node.tail()
 
 
 def env_without_steps() -> dict[str, str]:
