@@ -226,10 +226,15 @@ def replay(values: dict[str, Any]) -> int:
     """Rebuild the fine-tuned model from the base and the log alone."""
     run_dir = Path(values["run_dir"])
     manifest, store = open_run_dir(run_dir)
+    log = OrderedLog()
     try:
-        records = list(store.records())
+        store.load_log(log)
     finally:
         store.close()
+    # Only contiguous per-node prefixes: a swarm node's store also holds records that arrived
+    # beyond a gap; applying them would give weights that match no version vector.
+    records = list(log.ordered())
+    vv = log.held()
     device = resolve_device(values["device"])
     t_load = time.monotonic()
     engine = Engine.open(
@@ -247,9 +252,6 @@ def replay(values: dict[str, Any]) -> int:
         torch.cuda.synchronize()
     apply_s = time.monotonic() - t0
     fingerprint = engine.fingerprint()
-    vv: dict[str, int] = {}
-    for r in records:
-        vv[r.node] = max(vv.get(r.node, 0), r.seq + 1)
     snap = snapshots.latest(run_dir / SNAPSHOTS, manifest.run_id().hex())
     matches = None
     if snap is not None and snap.version_vector == vv:
@@ -261,6 +263,7 @@ def replay(values: dict[str, Any]) -> int:
         "command": "replay",
         "run_id": manifest.run_id().hex(),
         "records": len(records),
+        "beyond_gaps": log.pending_count(),  # stored but not applied: a gap precedes them
         "version_vector": dict(sorted(vv.items())),
         "vv_digest": digest(vv),
         "fingerprint": fingerprint,
@@ -279,6 +282,11 @@ def replay(values: dict[str, Any]) -> int:
             f"replayed {len(records)} records ({order} order) in {apply_s:.2f}s with the "
             f"{engine.backend.name} kernel"
         )
+        if log.pending_count():
+            say(
+                f"left out {log.pending_count()} stored records that lie beyond a gap in their "
+                "node's sequence (the node had not received what comes before them)"
+            )
         if matches is not None:
             say(
                 "the fingerprint matches the run's snapshot"

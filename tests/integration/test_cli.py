@@ -43,6 +43,27 @@ def test_train_is_deterministic_and_replay_rebuilds_it(tmp_path: Path) -> None:
     assert ref["fingerprint"] == a["fingerprint"]
 
 
+def test_replay_applies_only_contiguous_prefixes(tmp_path: Path) -> None:
+    """Records stored beyond a gap (a swarm node got seq 5.. of a peer but not 0..4) are
+    left out of the replay: the weights must match the version vector the replay reports."""
+    run = cli_json("train", "--steps", "20", "--out", str(tmp_path / "run"))
+    db = sqlite3.connect(tmp_path / "run" / "log.sqlite")
+    try:
+        with db:
+            db.executemany(
+                "INSERT INTO records VALUES (?, ?, ?, ?)",
+                [("peer", seq, 100, 1) for seq in (5, 6, 7)],
+            )
+    finally:
+        db.close()
+    out = cli_json("replay", str(tmp_path / "run"), "--order", "shuffled")
+    assert out["fingerprint"] == run["fingerprint"]
+    assert out["records"] == 20
+    assert out["beyond_gaps"] == 3
+    assert "peer" not in out["version_vector"]
+    assert out["matches_snapshot"] is True
+
+
 def test_replay_saves_a_transformers_model(tmp_path: Path) -> None:
     run = cli_json("train", "--steps", "10", "--out", str(tmp_path / "run"))
     out = cli_json("replay", str(tmp_path / "run"), "--out", str(tmp_path / "model"))
