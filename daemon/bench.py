@@ -95,6 +95,17 @@ def _host() -> dict[str, Any]:
     return info
 
 
+def _sizes(values: dict[str, Any], name: str) -> list[int]:
+    """A flag such as ``--batches 1,16,256``: positive integers, at least one."""
+    try:
+        sizes = [int(x) for x in values[name].split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError(f"--{name}: a comma-separated list of positive integers, e.g. 1,16,256")
+    return sizes
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -257,15 +268,12 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_apply(values: dict[str, Any]) -> dict[str, Any]:
+    sizes = _sizes(values, "batches")
     engine = _engine(values)
     device = engine.device
     repeats = values["repeats"]
     flat = engine.flat  # every trainable weight, packed (model/layout.py)
     numel = engine.numel
-    try:
-        sizes = [int(x) for x in values["batches"].split(",") if x]
-    except ValueError:
-        raise ConfigError("--batches: a comma-separated list of integers, e.g. 1,16,256") from None
 
     def one_pass() -> None:
         flat.mul_(1.0)  # reads and writes every trainable weight once
@@ -387,10 +395,7 @@ def bench_wire(values: dict[str, Any]) -> dict[str, Any]:
 
     from .broker import free_port
 
-    try:
-        sizes = [int(x) for x in values["frames"].split(",") if x]
-    except ValueError:
-        raise ConfigError("--frames: a comma-separated list of integers, e.g. 1,16,256") from None
+    sizes = _sizes(values, "frames")
     kind = values["broker"]
     if kind == "auto":
         kind = (
@@ -572,7 +577,13 @@ def bench_quant(values: dict[str, Any]) -> dict[str, Any]:
         lay = flt.layout
         # restore (+eps) fused with the unquantised update lr*g, on each tensor's grid:
         # lr*g / 2**e_t = lr*g * 2**(unit_shift_t - unit_exp)
-        du = np.round(np.ldexp(m.lr * g, lay.unit_shift - m.unit_exp)).astype(np.int64)
+        du = np.round(np.ldexp(m.lr * g, lay.unit_shift - m.unit_exp))
+        if not np.all(np.abs(du) < 2**24):  # beyond the grid's exact range (and int32)
+            raise ConfigError(
+                f"bench quant: the unquantised update lr*g = {m.lr * g:.3g} leaves the exact "
+                "grid range; lower --lr"
+            )
+        du = du.astype(np.int64)
         steps = (lay.eps_steps - du)[None, :].astype(np.int32)
         flt.backend.accumulate_flat(flt.flat, lay, [seed], steps)
 
