@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS records (
     node TEXT NOT NULL, seq INTEGER NOT NULL, q INTEGER NOT NULL, clock INTEGER NOT NULL,
     PRIMARY KEY (node, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_order ON records (clock, node, seq);
+-- a stored byte never changes: append's upsert turns a different byte into an UPDATE,
+-- which this refuses (a duplicate with the same byte updates nothing and passes)
+CREATE TRIGGER IF NOT EXISTS records_immutable BEFORE UPDATE ON records
+BEGIN SELECT RAISE(ABORT, 'equivocation: a different byte for a stored record'); END;
 CREATE TABLE IF NOT EXISTS frames (
     node TEXT NOT NULL, first_seq INTEGER NOT NULL, count INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (node, first_seq, count)) WITHOUT ROWID;
@@ -106,7 +110,8 @@ class LogStore:
             with self._tx():
                 for f in frames:
                     self._db.executemany(
-                        "INSERT INTO records VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        "INSERT INTO records VALUES (?, ?, ?, ?) ON CONFLICT (node, seq) "
+                        "DO UPDATE SET q = excluded.q WHERE q != excluded.q",
                         (
                             (f.node, f.first_seq + i, byte_to_q(b), f.clock)
                             for i, b in enumerate(f.qs)
@@ -179,16 +184,6 @@ class LogStore:
             if covered >= end:
                 break
         return out
-
-    def own_frames_after(self, node: str, seq: int) -> list[bytes]:
-        """Bodies of ``node``'s frames that end after ``seq`` (for republishing at start-up)."""
-        return [
-            bytes(b)
-            for (b,) in self._db.execute(
-                "SELECT body FROM frames WHERE node = ? AND first_seq + count > ? ORDER BY first_seq",
-                (node, seq),
-            )
-        ]
 
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
