@@ -154,6 +154,20 @@ def test_bad_frames_are_dropped_and_counted(mosquitto: Broker, tmp_path: Path) -
         status, metrics = get_text(nodes[1].url + "/metrics")
         assert status == 200
         assert 'seedswarm_dropped_total{node="n1",reason="bad_signature",sender="n0"}' in metrics
+
+        # equivocation: n0's own key signs another byte for a record n0 already published
+        clock, _, _, q = next(r for r in nodes[1].full_log() if r[1] == "n0" and r[2] == 0)
+        forged = sign_frame(Frame(run_id, "n0", 0, clock, bytes([(q + 1) & 0x7F])), keys["n0"])
+        asyncio.run(_inject(mosquitto.port, [(f"{base}/records/n0", encode_frame(forged))]))
+        wait_until(
+            lambda: nodes[1].status()["dropped"].get("equivocation", {}).get("n0", 0) >= 1,
+            timeout=60,
+            what="the equivocation to be counted",
+        )
+        after = nodes[1].status(fresh=True)
+        assert after["fingerprint"] == st["fingerprint"]
+        assert after["version_vector"] == expect
+        assert (clock, "n0", 0, q) in nodes[1].full_log()  # the first byte stands
         for n in nodes:
             assert n.stop() == 0, n.tail()
 
