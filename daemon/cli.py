@@ -205,6 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         sys.stderr.write(f"seedswarm {args.command}: error: {exc}\n")
         return 2
+    except OSError as exc:  # a path the user gave: unwritable, a file for a directory, ...
+        if os.environ.get("SEEDSWARM_DEBUG"):
+            raise
+        sys.stderr.write(f"seedswarm {args.command}: error: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

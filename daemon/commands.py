@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .options import JSON, Option, non_negative, positive
+from .options import JSON, Option, non_negative, positive, steps_limit
 from .runspec import RUN_OPTIONS
 
 NODE_OPTIONS = (
@@ -27,7 +27,13 @@ NODE_OPTIONS = (
     Option("data_dir", str, "seedswarm-data", "where the log, manifest and snapshots live"),
     Option("http", str, "127.0.0.1:8470", "status endpoint host:port (port 0: a free port)"),
     Option("advertise", str, "", "status URL to tell peers (default: the bound address)"),
-    Option("steps", int, -1, "own ZO steps to take, then keep serving and applying (-1: no limit)"),
+    Option(
+        "steps",
+        int,
+        -1,
+        "own ZO steps to take, then keep serving and applying (-1: no limit)",
+        check=steps_limit,
+    ),
     Option(
         "frame_window",
         float,

@@ -48,6 +48,10 @@ def non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must not be negative"
 
 
+def steps_limit(v: Any) -> str | None:
+    return None if v >= -1 else "must be a number of steps, or -1 for no limit"
+
+
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option], title: str) -> None:
     group = parser.add_argument_group(title)
     for opt in options:

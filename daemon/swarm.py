@@ -25,7 +25,7 @@ import aiohttp
 from .broker import EmbeddedBroker, free_port
 from .console import emit_json, say, table
 from .errors import ConfigError
-from .options import KERNEL, Option, non_negative, positive
+from .options import KERNEL, Option, non_negative, positive, steps_limit
 
 SWARM_OPTIONS = (
     Option("nodes", int, 3, "how many nodes to start", check=positive),
@@ -37,6 +37,7 @@ SWARM_OPTIONS = (
         int,
         -1,
         "own steps per node; the swarm ends once all are done and agree (-1: run until Ctrl+C)",
+        check=steps_limit,
     ),
     Option("batch_size", int, 16, "examples per forward pass", check=positive),
     Option("device", str, "cpu", "device of every node: cpu, cuda, cuda:N, auto"),
@@ -90,9 +91,11 @@ class Swarm:
             await self._start_nodes(manifest_path, broker_url)
             code = await self._watch()
         finally:
-            await self._shutdown()
+            clean = await self._shutdown()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+        if not clean:
+            code = code or 1  # a node that had to be killed, or failed on the way out
         if self.members:
             self._report(code)
         return code
@@ -335,7 +338,8 @@ class Swarm:
 
     # -- shutdown -------------------------------------------------------------------------------
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self) -> bool:
+        """Stop every node (SIGTERM, then SIGKILL after 60 s); True if each exited with 0."""
         live = [m for m in self.members if m.proc is not None and m.proc.returncode is None]
         for m in live:
             assert m.proc is not None
@@ -353,6 +357,13 @@ class Swarm:
                 await m.proc.wait()
         if self.broker is not None:
             await self.broker.stop()
+        clean = True
+        for m in live:
+            assert m.proc is not None
+            if m.proc.returncode != 0:
+                say(f"node {m.name} exited with status {m.proc.returncode}; see {m.log_path}")
+                clean = False
+        return clean
 
     def _report(self, code: int) -> None:
         prints = {m.status.get("fingerprint") for m in self.members if m.status}

@@ -140,6 +140,8 @@ ONE_LINE_ERRORS = [
     (["replay", "{tmp}/not-a-run"], "is not a run directory"),
     (["node", "--broker", "http://x", "--data-dir", "{tmp}/d"], "use mqtt://host:port"),
     (["status", "http://127.0.0.1:9"], "cannot reach"),
+    (["node", "--steps", "-5"], "--steps: -5 must be a number of steps, or -1 for no limit"),
+    (["swarm", "--steps", "-2"], "--steps: -2 must be a number of steps, or -1 for no limit"),
 ]
 
 
@@ -152,6 +154,15 @@ def test_user_errors_are_one_clear_line(tmp_path: Path, args: list[str], message
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_path_the_system_refuses_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    proc = cli("train", "--steps", "2", "--out", str(tmp_path / "a-file" / "run"), timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"seedswarm train: error: [Errno 20] Not a directory: '{tmp_path / 'a-file' / 'run'}'"
+    ]
 
 
 def test_a_run_directory_of_another_run_is_refused(tmp_path: Path) -> None:
