@@ -46,6 +46,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), value
 
 
+RATE_WINDOW_S = 30.0
+
+
 def status_dict(node: Node, fingerprint: tuple[str, str, bool]) -> dict[str, Any]:
     s = node.stats
     now = time.monotonic()
@@ -54,9 +57,10 @@ def status_dict(node: Node, fingerprint: tuple[str, str, bool]) -> dict[str, Any
     held = node.log.held()
     pending = sum(max(held.get(n, 0) - applied.get(n, 0), 0) for n in held if n != node.me)
     pending += node.log.pending_count()
-    step_rate = len(s.step_times) / sum(s.step_times) if s.step_times else 0.0
-    window = [(t, n) for t, n in s.apply_events if now - t <= 30.0]
-    rec_rate = sum(n for _, n in window) / 30.0 if window else 0.0
+    # rates over the last 30 s (or since start): they fall to 0 once the node stops stepping
+    span = max(min(RATE_WINDOW_S, now - s.started), 1e-3)
+    step_rate = sum(1 for t in s.step_ends if now - t <= span) / span
+    rec_rate = sum(n for t, n in s.apply_events if now - t <= span) / span
     tr = node.transport
     ours = sum(held.values())
     peers = []
@@ -100,6 +104,7 @@ def status_dict(node: Node, fingerprint: tuple[str, str, bool]) -> dict[str, Any
             "limit": node.max_steps,
             "done": 0 <= node.max_steps <= node.applied.get(node.me, 0),
             "per_s": step_rate,
+            "seconds_each": sum(s.step_times) / len(s.step_times) if s.step_times else None,
         },
         "records_per_s": rec_rate,
         "loss": {"recent": sum(recent) / len(recent) if recent else None, "first": s.first_loss},

@@ -90,7 +90,8 @@ class Stats:
     frames_accepted: int = 0
     dropped: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     losses: deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    step_times: deque[float] = field(default_factory=lambda: deque(maxlen=50))
+    step_times: deque[float] = field(default_factory=lambda: deque(maxlen=50))  # durations
+    step_ends: deque[float] = field(default_factory=lambda: deque(maxlen=4096))  # monotonic
     apply_events: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=200))
     first_loss: float | None = None
     wants_sent: int = 0
@@ -476,7 +477,9 @@ class Node:
                     result = await self.model.run(
                         self._step_job, seq, self.values["batch_size"], ready
                     )
-                    self.stats.step_times.append(time.monotonic() - t0)
+                    t1 = time.monotonic()
+                    self.stats.step_times.append(t1 - t0)
+                    self.stats.step_ends.append(t1)
                     self.applied[self.me] = seq + 1
                     self.unflushed.append(result.q)
                     self.stats.steps += 1

@@ -233,6 +233,10 @@ def test_node_settings_from_a_config_file_and_the_environment(
         assert st["node"] == "from-file"
         assert st["steps"]["limit"] == 6
         assert st["steps"]["taken"] == 6
+        # rates over the last 30 s: the six steps were just taken
+        assert st["steps"]["per_s"] > 0
+        assert st["steps"]["seconds_each"] > 0
+        assert st["records_per_s"] > 0
         assert node.stop() == 0
     bad = tmp_path / "bad.toml"
     bad.write_text("steps = 'many'\n")
