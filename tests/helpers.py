@@ -95,11 +95,14 @@ def get_text(url: str, timeout: float = 30) -> tuple[int, str]:
 class Broker:
     """A real broker process on a free port: Mosquitto, or the embedded amqtt as a process."""
 
-    def __init__(self, kind: str, workdir: Path, *, persistence: bool = False) -> None:
+    def __init__(
+        self, kind: str, workdir: Path, *, persistence: bool = False, extra: list[str] | None = None
+    ) -> None:
         self.kind = kind
         self.workdir = workdir
         self.port = free_port()
         self.persistence = persistence
+        self.extra = extra or []  # more Mosquitto listener settings (TLS, passwords)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -114,7 +117,7 @@ class Broker:
             conf = self.workdir / "mosquitto.conf"
             lines = [
                 f"listener {self.port} 127.0.0.1",
-                "allow_anonymous true",
+                *(self.extra or ["allow_anonymous true"]),
                 "max_queued_messages 100000",
                 f"persistence {'true' if self.persistence else 'false'}",
                 f"persistence_location {self.workdir}/",
