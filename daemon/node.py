@@ -124,6 +124,7 @@ class Node:
         self.phase = "starting"
         self.fingerprint_cache: tuple[str, str] = ("", "")  # (vv digest, fingerprint)
         self._stop = asyncio.Event()
+        self._finish_requested = False  # SIGUSR2: take no more own steps
         self._closing = asyncio.Event()
         self._trainer_done = asyncio.Event()
         self._flusher_done = asyncio.Event()
@@ -235,6 +236,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGUSR2, self.request_finish)
         try:
             await self.startup()
             async with asyncio.TaskGroup() as tg:
@@ -255,7 +257,7 @@ class Node:
             self.exit_code = 1
         finally:
             await self._teardown()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
                 loop.remove_signal_handler(sig)
         return self.exit_code
 
@@ -263,6 +265,12 @@ class Node:
         if not self._stop.is_set():
             log.info("%s: stopping", self.me)
         self._stop.set()
+        self._records_ready.set()
+
+    def request_finish(self) -> None:
+        """SIGUSR2: take no more own steps, as if --steps had been reached; keep applying
+        peers' records and serving. The swarm launcher uses it to stop in agreement."""
+        self._finish_requested = True
         self._records_ready.set()
 
     # -- inbound ---------------------------------------------------------------------------------
@@ -470,6 +478,12 @@ class Node:
     async def _trainer(self) -> None:
         try:
             while not self._stop.is_set():
+                if self._finish_requested:  # read here, between steps, so no step is in flight
+                    self._finish_requested = False
+                    taken = self.applied.get(self.me, 0)
+                    if self.max_steps < 0 or self.max_steps > taken:
+                        self.max_steps = taken
+                        log.info("%s: finishing: no more own steps after %d", self.me, taken)
                 ready = self._ready_records()
                 if self._may_step():
                     seq = self.applied.get(self.me, 0)

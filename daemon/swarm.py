@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ from .broker import EmbeddedBroker, free_port
 from .console import emit_json, say, table
 from .errors import ConfigError
 from .options import KERNEL, Option, non_negative, positive, steps_limit
+
+SETTLE_S = 30.0  # after Ctrl+C, how long the nodes may take to apply the last records
 
 SWARM_OPTIONS = (
     Option("nodes", int, 3, "how many nodes to start", check=positive),
@@ -76,14 +79,20 @@ class Swarm:
         self.members: list[Member] = []
         self.broker: EmbeddedBroker | None = None
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second Ctrl+C: skip the settling
         self.quiet = values["json"]
+
+    def _on_signal(self) -> None:
+        if self._stop.is_set():
+            self._hurry.set()
+        self._stop.set()
 
     # -- phases -------------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(sig, self._on_signal)
         code = 1
         try:
             manifest_path = await self._prepare()
@@ -279,8 +288,39 @@ class Swarm:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._stop.wait()
-            await asyncio.gather(*(self._poll(session, m, fresh=True) for m in self.members))
+            await self._settle(session)
         return 0
+
+    async def _settle(self, session: aiohttp.ClientSession) -> None:
+        """After Ctrl+C: every node stops stepping (SIGUSR2) but keeps applying, so that the
+        records in flight arrive everywhere and the nodes stop in agreement. A second Ctrl+C,
+        or SETTLE_S seconds, cuts this short; the nodes then stop where they are."""
+        for m in self.members:
+            if m.proc is not None and m.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    m.proc.send_signal(signal.SIGUSR2)
+        say(
+            "stopping: the nodes take no more steps and apply the last records "
+            "(Ctrl+C again to stop at once)",
+            quiet=self.quiet,
+        )
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            await asyncio.gather(*(self._poll(session, m, fresh=True) for m in self.members))
+            if self._agreed() or self._hurry.is_set() or time.monotonic() > deadline:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._hurry.wait()
+
+    def _agreed(self) -> bool:
+        """Every node is done stepping, has nothing pending, and all hold the same records."""
+        sts = [m.status for m in self.members]
+        return (
+            all(st and st["steps"]["done"] and not st["records"]["pending"] for st in sts)
+            and len({json.dumps(st["version_vector"], sort_keys=True) for st in sts}) == 1
+            and len({st["fingerprint"] for st in sts}) == 1
+        )
 
     def _all_done(self) -> bool:
         steps = self.values["steps"]

@@ -73,3 +73,6 @@ def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path) -> None:
         snaps = list((tmp_path / "swarm" / name / "snapshots").glob("snap-*.safetensors"))
         assert snaps, f"{name} stopped without its final snapshot"
     assert "status endpoint" in err
+    # Ctrl+C first lets the nodes stop stepping and apply what was in flight: they stop agreeing
+    assert "stopping: the nodes take no more steps" in err
+    assert "all nodes agree: fingerprint" in err, err[-2000:]

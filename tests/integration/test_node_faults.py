@@ -271,6 +271,24 @@ def test_a_node_that_never_reached_its_broker_stops_on_sigterm(tmp_path: Path) -
         assert node.stop(timeout=30) == 0, node.tail()
 
 
+def test_sigusr2_ends_stepping_but_not_the_node(mosquitto: Broker, tmp_path: Path) -> None:
+    """kill -USR2: no more own steps (as if --steps had been reached); the node still serves."""
+    node = NodeProc("n0", tmp_path, mosquitto.url, steps=-1)
+    with running(node):
+        node.start()
+        node.wait_ready()
+        wait_until(lambda: node.status()["steps"]["taken"] >= 5, timeout=120, what="5 steps")
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGUSR2)
+        wait_until(lambda: node.status()["steps"]["done"], timeout=60, what="stepping to end")
+        st = node.status()
+        assert st["steps"]["limit"] == st["steps"]["taken"]
+        time.sleep(1.0)
+        assert node.status()["steps"]["taken"] == st["steps"]["taken"]
+        assert node.status(fresh=True)["version_vector"] == {"n0": st["steps"]["taken"]}
+        assert node.stop() == 0, node.tail()
+
+
 def env_without_steps() -> dict[str, str]:
     e = dict(os.environ)
     e.pop("SEEDSWARM_STEPS", None)
