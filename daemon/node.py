@@ -13,6 +13,16 @@ Data flow, one direction each way:
 One owner per resource: the task group owns the tasks, ``ModelThread`` owns the model,
 ``StoreThread`` owns the SQLite connection, and the event loop owns everything else
 (the OrderedLog, the peer table, the counters), so no locks are needed.
+
+Invariants worth knowing:
+  * An own record is applied on the model thread in the same pass as its step, and written to
+    the store by the flusher a moment later; it is published, and a snapshot that contains it
+    is saved, only after that write. A crash in between loses a record nobody has seen, so its
+    seq may be taken again with another byte without equivocation.
+  * Snapshot files are written by a worker thread of the loop's default executor (disk I/O
+    only, on tensors the model thread copied out), so a slow disk never stalls the model.
+  * SIGINT/SIGTERM stop the node; SIGUSR2 only ends its stepping (the swarm launcher uses it
+    to let nodes settle); SIGUSR1 prints every thread's stack (daemon/cli.py).
 """
 
 from __future__ import annotations
