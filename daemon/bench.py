@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -139,38 +141,64 @@ def _engine(values: dict[str, Any], kernel: str | None = None) -> Any:
     )
 
 
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class _PeakRSS:
-    """Peak resident memory of this process during a block (Linux: VmHWM, reset via clear_refs)."""
+    """Resident memory of this process during a block (Linux): ``start`` is VmRSS on entry,
+    ``peak`` the high-water mark VmHWM on exit, after resetting it on entry (clear_refs)."""
 
     def __enter__(self) -> _PeakRSS:
-        self.ok = Path("/proc/self/clear_refs").exists()
-        if self.ok:
-            try:
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                self.ok = False
-        self.peak = 0
+        self.start = self.peak = 0
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.ok = False
+            return self
+        self.ok = True
+        self.start = _proc_status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.ok:
-            return
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                self.peak = int(line.split()[1]) * 1024
+        if self.ok:
+            self.peak = _proc_status_bytes("VmHWM")
 
 
-def _peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes while ``fn`` runs: GPU allocations on CUDA, resident memory on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+def _memory_probe(values: dict[str, Any], arm: str) -> tuple[int, int]:
+    """In a fresh process: load the model, then run one arm once. Returns (resident bytes
+    before the arm, peak resident bytes during it). A fresh process per arm, because freed
+    memory that the allocator keeps from one arm would hide what the next one needs."""
+    from seedswarm.model.loading import hf_logging_module
+
+    hf_logging_module().set_verbosity_error()  # a spawned child starts with the defaults
+    engine = _engine(values)
+    fn = _step_arms(engine, values)[arm]
+    with _PeakRSS() as rss:
         fn()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device))
-    with _PeakRSS() as peak:
-        fn()
-    return peak.peak
+    return rss.start, rss.peak
+
+
+def _peak_memory(values: dict[str, Any], engine: Any) -> dict[str, tuple[int, int]]:
+    """(before, peak) bytes per arm: GPU allocations on CUDA, resident memory on CPU."""
+    if engine.device.type == "cuda":
+        out: dict[str, tuple[int, int]] = {}
+        for name, fn in _step_arms(engine, values).items():
+            torch.cuda.synchronize(engine.device)
+            torch.cuda.reset_peak_memory_stats(engine.device)
+            before = int(torch.cuda.memory_allocated(engine.device))
+            fn()
+            torch.cuda.synchronize(engine.device)
+            out[name] = (before, int(torch.cuda.max_memory_allocated(engine.device)))
+        return out
+    if not Path("/proc/self/clear_refs").exists():  # not Linux: no resident-memory figures
+        return dict.fromkeys(STEP_ARMS, (0, 0))
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+        return {name: pool.submit(_memory_probe, values, name).result() for name in STEP_ARMS}
 
 
 # -- step ----------------------------------------------------------------------------------------
@@ -200,15 +228,17 @@ def _mezo_step(
     return g
 
 
-def bench_step(values: dict[str, Any]) -> dict[str, Any]:
-    engine = _engine(values)
+STEP_ARMS = ("two_forwards", "zo_step", "mezo_step")
+
+
+def _step_arms(engine: Any, values: dict[str, Any]) -> dict[str, Callable[[], None]]:
+    """What ``bench step`` compares, on one model and one batch of random token ids."""
     tm = engine.task_model
     device = engine.device
     vocab = int(tm.backbone.config.vocab_size)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (values["batch_size"], values["seq_len"]), generator=gen)
     batch = {"input_ids": ids.to(device)}
-    repeats = values["repeats"]
     params = [p.data for _, p in engine.trainable]
     counter = iter(range(1 << 30))
 
@@ -221,6 +251,17 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
 
     def mezo() -> None:
         _mezo_step(params, lambda: tm.loss(batch), next(counter), 1e-3, 1e-7)
+
+    return dict(zip(STEP_ARMS, (two_forwards, ours, mezo), strict=True))
+
+
+def bench_step(values: dict[str, Any]) -> dict[str, Any]:
+    engine = _engine(values)
+    tm = engine.task_model
+    device = engine.device
+    repeats = values["repeats"]
+    arms = _step_arms(engine, values)
+    two_forwards, ours, mezo = arms["two_forwards"], arms["zo_step"], arms["mezo_step"]
 
     # interleave the three so that drift in machine load hits all of them alike
     t_fwd: list[float] = []
@@ -236,9 +277,8 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
             _sync(device)
             acc.append(time.perf_counter() - t0)
     fwd, zo, mz = (statistics.median(t) for t in (t_fwd, t_ours, t_mezo))
-    mem_fwd = _peak_memory(two_forwards, device)
-    mem_ours = _peak_memory(ours, device)
-    mem_mezo = _peak_memory(mezo, device)
+    mem = _peak_memory(values, engine)
+    mem_fwd, mem_ours, mem_mezo = (mem[k][1] for k in ("two_forwards", "zo_step", "mezo_step"))
     weights = sum(p.numel() * p.element_size() for p in tm.parameters())
     return {
         "model": values["model"],
@@ -259,6 +299,9 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
             "peak_two_forwards": mem_fwd,
             "peak_zo_step": mem_ours,
             "peak_mezo_step": mem_mezo,
+            # the same peaks less what was resident before the arm ran (model, batch, runtime)
+            "above_loaded": {name: peak - before for name, (before, peak) in mem.items()},
+            "measured_in": "torch.cuda" if device.type == "cuda" else "a fresh process per arm",
         },
         "memory_ratio_zo_vs_inference": (mem_ours / mem_fwd) if mem_fwd else None,
     }
@@ -654,11 +697,16 @@ def _print(result: dict[str, Any]) -> None:
             f"overhead beyond two forwards: {result['overhead_pct']:.1f}%   "
             f"MeZO / seedswarm: {r['mezo_step / zo_step']:.2f}x"
         )
-        gib = 1 << 20
+        mib = 1 << 20
+        up = m["above_loaded"]
         print(
-            f"peak memory (MiB): weights {m['weights'] / gib:.0f}, two forwards "
-            f"{m['peak_two_forwards'] / gib:.0f}, ZO step {m['peak_zo_step'] / gib:.0f}, "
-            f"MeZO step {m['peak_mezo_step'] / gib:.0f}"
+            f"peak memory (MiB, {m['measured_in']}): weights {m['weights'] / mib:.0f}, two "
+            f"forwards {m['peak_two_forwards'] / mib:.0f}, ZO step {m['peak_zo_step'] / mib:.0f}, "
+            f"MeZO step {m['peak_mezo_step'] / mib:.0f}"
+        )
+        print(
+            f"  above the loaded model: two forwards {up['two_forwards'] / mib:.0f}, ZO step "
+            f"{up['zo_step'] / mib:.0f}, MeZO step {up['mezo_step'] / mib:.0f}"
         )
     elif which == "apply":
         print(

@@ -32,6 +32,9 @@ def test_bench_step_compares_with_two_forwards_and_mezo() -> None:
     mem = out["memory_bytes"]
     assert mem["weights"] == 4 * out["params"]
     assert mem["peak_zo_step"] > 0
+    assert mem["measured_in"] == "a fresh process per arm"
+    assert set(mem["above_loaded"]) == {"two_forwards", "zo_step", "mezo_step"}
+    assert all(0 < up < mem["peak_zo_step"] for up in mem["above_loaded"].values())
     assert mem["peak_two_forwards"] > 0
 
 
