@@ -460,10 +460,6 @@ def bench_wire(values: dict[str, Any]) -> dict[str, Any]:
 async def _wire_rows(port: int, sizes: list[int], *, embedded: bool) -> list[dict[str, Any]]:
     import aiomqtt
 
-    from seedswarm.protocol.codec import encode_frame, sign_frame
-    from seedswarm.protocol.records import Frame, q_to_byte
-    from seedswarm.protocol.signing import NodeKey
-
     from .broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=port) if embedded else None
@@ -476,100 +472,107 @@ async def _wire_rows(port: int, sizes: list[int], *, embedded: bool) -> list[dic
             break
         except OSError:
             await asyncio.sleep(0.05)
+    try:
+        if embedded:
+            return await _measure_wire(port, sizes, None)
+        async with aiomqtt.Client("127.0.0.1", port, identifier="wire-sys-counter") as sys_client:
+            await sys_client.subscribe("$SYS/broker/bytes/received")
+            counter = _SysCounter()
+            async with asyncio.TaskGroup() as tg:
+                reader = tg.create_task(counter.read(sys_client), name="sys-counter")
+                try:
+                    return await _measure_wire(port, sizes, counter)
+                finally:
+                    reader.cancel()
+    finally:
+        if broker is not None:
+            await broker.stop()
+
+
+async def _measure_wire(
+    port: int, sizes: list[int], counter: _SysCounter | None
+) -> list[dict[str, Any]]:
+    import aiomqtt
+
+    from seedswarm.protocol.codec import encode_frame, sign_frame
+    from seedswarm.protocol.records import Frame, q_to_byte
+    from seedswarm.protocol.signing import NodeKey
+
     key = NodeKey.generate()
     topic = "seedswarm/default/records/n0"
     rows = []
-    counter = None if embedded else _SysCounter(port)
-    try:
-        if counter is not None:
-            await counter.start()
-        for n in sizes:
-            for signed in (False, True):
-                relay = _CountingRelay(port)
-                await relay.start()
-                total_records = max(4096, n * 8)
-                frames = math.ceil(total_records / n)
-                sys_before = await counter.fresh() if counter is not None else 0
-                async with aiomqtt.Client(
-                    "127.0.0.1", relay.port, identifier=f"wire-{n}-{signed}"
-                ) as c:
-                    base_up = relay.up
-                    seq = 0
-                    payload_bytes = 0
-                    for _ in range(frames):
-                        qs = bytes(q_to_byte((i * 37) % 255 - 127) for i in range(n))
-                        frame = Frame(b"\x01" * 8, "n0", seq, seq // n, qs)
-                        if signed:
-                            frame = sign_frame(frame, key)
-                        body = encode_frame(frame)
-                        payload_bytes += len(body)
-                        await c.publish(topic, body, qos=1)
-                        seq += n
-                    wire_up = relay.up - base_up
-                records = frames * n
-                row = {
-                    "records_per_frame": n,
-                    "signed": signed,
-                    "payload_bytes_per_record": payload_bytes / records,
-                    "wire_bytes_per_record": wire_up / records,
-                }
-                if counter is not None:
-                    # the broker's own count: $SYS/broker/bytes/received, which also counts
-                    # the CONNECT/DISCONNECT of the publisher and the counter client's pings
-                    row["broker_sys_bytes_per_record"] = (
-                        await counter.fresh() - sys_before
-                    ) / records
-                rows.append(row)
-                await relay.stop()
-    finally:
-        if counter is not None:
-            await counter.stop()
-        if broker is not None:
-            await broker.stop()
+    for n in sizes:
+        for signed in (False, True):
+            relay = _CountingRelay(port)
+            await relay.start()
+            total_records = max(4096, n * 8)
+            frames = math.ceil(total_records / n)
+            sys_before = await counter.fresh() if counter is not None else 0
+            async with aiomqtt.Client(
+                "127.0.0.1", relay.port, identifier=f"wire-{n}-{signed}"
+            ) as c:
+                base_up = relay.up
+                seq = 0
+                payload_bytes = 0
+                for _ in range(frames):
+                    qs = bytes(q_to_byte((i * 37) % 255 - 127) for i in range(n))
+                    frame = Frame(b"\x01" * 8, "n0", seq, seq // n, qs)
+                    if signed:
+                        frame = sign_frame(frame, key)
+                    body = encode_frame(frame)
+                    payload_bytes += len(body)
+                    await c.publish(topic, body, qos=1)
+                    seq += n
+                wire_up = relay.up - base_up
+            records = frames * n
+            row = {
+                "records_per_frame": n,
+                "signed": signed,
+                "payload_bytes_per_record": payload_bytes / records,
+                "wire_bytes_per_record": wire_up / records,
+            }
+            if counter is not None:
+                # the broker's own count: $SYS/broker/bytes/received, which also counts
+                # the CONNECT/DISCONNECT of the publisher and the counter client's pings
+                row["broker_sys_bytes_per_record"] = (await counter.fresh() - sys_before) / records
+            rows.append(row)
+            await relay.stop()
     return rows
 
 
 class _SysCounter:
-    """Mosquitto's $SYS/broker/bytes/received, read by a separate client."""
+    """Mosquitto's $SYS/broker/bytes/received, as a separate client reads it."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    SILENCE_S = 2.5  # mosquitto publishes it every second (sys_interval 1), when it changed
+    PATIENCE_S = 30.0
+
+    def __init__(self) -> None:
         self.value = -1
-        self._updates = 0
         self._changed = asyncio.Event()
 
-    async def start(self) -> None:
-        import aiomqtt
-
-        self._client = aiomqtt.Client("127.0.0.1", self.port, identifier="wire-sys-counter")
-        await self._client.__aenter__()
-        await self._client.subscribe("$SYS/broker/bytes/received")
-        self._task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        async for m in self._client.messages:
+    async def read(self, client: Any) -> None:
+        async for m in client.messages:
             if isinstance(m.payload, bytes | bytearray):
                 self.value = int(m.payload)
-                self._updates += 1
                 self._changed.set()
 
     async def fresh(self) -> int:
-        """The counter once it has settled: mosquitto publishes it every second, but only when
-        it changed, so two and a half seconds without an update mean the value is current."""
+        """The counter once it has settled: SILENCE_S without an update means it is current."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.PATIENCE_S
         while True:
             self._changed.clear()
             try:
-                async with asyncio.timeout(2.5):
+                async with asyncio.timeout(self.SILENCE_S):
                     await self._changed.wait()
             except TimeoutError:
                 if self.value >= 0:
                     return self.value
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._client.__aexit__(None, None, None)
+            if loop.time() > deadline:
+                raise ConfigError(
+                    f"bench wire: mosquitto published no $SYS/broker/bytes/received in "
+                    f"{self.PATIENCE_S:.0f} s (is sys_interval set?)"
+                )
 
 
 # -- quant ---------------------------------------------------------------------------------------
