@@ -64,6 +64,27 @@ def test_replay_applies_only_contiguous_prefixes(tmp_path: Path) -> None:
     assert out["matches_snapshot"] is True
 
 
+def test_the_task_follows_the_data(tmp_path: Path) -> None:
+    """--task defaults from the data: a table with a label column is classification, plain
+    text is causal-LM; eval on a labelled file reports accuracy."""
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label\na great film,1\nan awful film,0\ngreat fun,1\nboring and bad,0\n")
+    out = cli_json("train", "--data", str(table), "--steps", "3", "--out", str(tmp_path / "c"))
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["task"]["kind"] == "classify"
+    assert manifest["task"]["labels"] == ["negative", "positive"]
+    assert out["records"] == 3
+    ev = cli_json("eval", str(tmp_path / "c"), "--data", str(table))
+    assert ev["examples"] == 4
+    assert 0.0 <= ev["accuracy"] <= 1.0
+
+    text = tmp_path / "story.txt"
+    text.write_text("the cat sees the ball.\n" * 20)
+    cli_json("train", "--data", str(text), "--steps", "3", "--out", str(tmp_path / "t"))
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["task"]["kind"] == "causal_lm"
+
+
 def test_replay_saves_a_transformers_model(tmp_path: Path) -> None:
     run = cli_json("train", "--steps", "10", "--out", str(tmp_path / "run"))
     out = cli_json("replay", str(tmp_path / "run"), "--out", str(tmp_path / "model"))
