@@ -214,6 +214,11 @@ class ImageLedger:
     def _all_ids() -> set[str]:
         return set(docker("images", "-aq", "--no-trunc").split())
 
+    @staticmethod
+    def _tagged(image: str) -> bool:
+        tags = docker("image", "inspect", "--format", "{{len .RepoTags}}", image, check=False)
+        return tags.strip() not in ("", "0")
+
     def borrow(self, tag: str) -> None:
         """Note what ``tag`` names now (before the test points it at its own image)."""
         old = docker("image", "inspect", "--format", "{{.Id}}", tag, check=False)
@@ -222,13 +227,14 @@ class ImageLedger:
         self.tags.append(tag)
 
     def cleanup(self) -> list[str]:
-        """Remove the test's tags and every image that did not exist before; restore borrowed
-        tags. Returns what could not be removed."""
+        """Remove the test's tags, then every untagged image that did not exist before (the
+        build's intermediate stages); restore borrowed tags. An image someone else tagged
+        meanwhile on a shared engine is left alone. Returns what could not be removed."""
         for tag in reversed(self.tags):
             docker("rmi", tag, check=False)
         left: list[str] = []
         for _ in range(4):  # children before parents; a few passes settle any order
-            new = self._all_ids() - self.before
+            new = {i for i in self._all_ids() - self.before if not self._tagged(i)}
             if not new:
                 break
             created = {
@@ -237,10 +243,13 @@ class ImageLedger:
             }
             for image in sorted(new, key=lambda i: created[i], reverse=True):
                 docker("rmi", image, check=False)
-            left = sorted(self._all_ids() - self.before)
+            left = sorted(i for i in self._all_ids() - self.before if not self._tagged(i))
         for tag, old in self.borrowed.items():
             if docker("image", "inspect", "--format", "{{.Id}}", old, check=False) == old:
                 docker("tag", old, tag, check=False)
+        for tag in self.tags:  # a tag of ours that could not be removed is left behind too
+            if tag not in self.borrowed and docker("images", "-q", tag, check=False):
+                left.append(tag)
         return left
 
 
