@@ -261,7 +261,7 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
     device = engine.device
     repeats = values["repeats"]
     arms = _step_arms(engine, values)
-    two_forwards, ours, mezo = arms["two_forwards"], arms["zo_step"], arms["mezo_step"]
+    two_forwards, ours, mezo = (arms[k] for k in STEP_ARMS)
 
     # interleave the three so that drift in machine load hits all of them alike
     t_fwd: list[float] = []
@@ -278,7 +278,7 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
             acc.append(time.perf_counter() - t0)
     fwd, zo, mz = (statistics.median(t) for t in (t_fwd, t_ours, t_mezo))
     mem = _peak_memory(values, engine)
-    mem_fwd, mem_ours, mem_mezo = (mem[k][1] for k in ("two_forwards", "zo_step", "mezo_step"))
+    mem_fwd, mem_ours, mem_mezo = (mem[k][1] for k in STEP_ARMS)
     weights = sum(p.numel() * p.element_size() for p in tm.parameters())
     return {
         "model": values["model"],
@@ -505,6 +505,7 @@ async def _measure_wire(
         for signed in (False, True):
             relay = _CountingRelay(port)
             await relay.start()
+            qs = bytes(q_to_byte((i * 37) % 255 - 127) for i in range(n))  # any valid bytes
             total_records = max(4096, n * 8)
             frames = math.ceil(total_records / n)
             sys_before = await counter.fresh() if counter is not None else 0
@@ -515,7 +516,6 @@ async def _measure_wire(
                 seq = 0
                 payload_bytes = 0
                 for _ in range(frames):
-                    qs = bytes(q_to_byte((i * 37) % 255 - 127) for i in range(n))
                     frame = Frame(b"\x01" * 8, "n0", seq, seq // n, qs)
                     if signed:
                         frame = sign_frame(frame, key)
@@ -570,8 +570,8 @@ class _SysCounter:
                     return self.value
             if loop.time() > deadline:
                 raise ConfigError(
-                    f"bench wire: mosquitto published no $SYS/broker/bytes/received in "
-                    f"{self.PATIENCE_S:.0f} s (is sys_interval set?)"
+                    f"bench wire: mosquitto's $SYS/broker/bytes/received did not settle within "
+                    f"{self.PATIENCE_S:.0f} s (is sys_interval set, and is the broker idle?)"
                 )
 
 

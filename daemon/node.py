@@ -28,6 +28,7 @@ Invariants worth knowing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -410,9 +411,10 @@ class Node:
         """
         if not await self._until(self.transport.connected):
             return  # stopped before the first connection
-        await self._until(self._stop, within=self.values["join_wait"])  # hear peers' presence
-        if self._stop.is_set():
-            return
+        with contextlib.suppress(TimeoutError):  # listen for peers' presence a moment
+            async with asyncio.timeout(self.values["join_wait"]):
+                await self._stop.wait()
+                return
         if self._conflicts:
             sender, theirs = next(iter(sorted(self._conflicts.items())))
             detail = ""
@@ -434,19 +436,14 @@ class Node:
         self.joined.set()
         self.ready = True
 
-    async def _until(self, event: asyncio.Event, *, within: float | None = None) -> bool:
-        """Wait until ``event`` is set (True), or a stop request or ``within`` seconds come first."""
-        loop = asyncio.get_running_loop()
-        deadline = None if within is None else loop.time() + within
+    async def _until(self, event: asyncio.Event) -> bool:
+        """Wait until ``event`` is set (True) or a stop request comes first (False)."""
         while not event.is_set():
-            left = 0.5 if deadline is None else min(0.5, deadline - loop.time())
-            if self._stop.is_set() or left <= 0:
+            if self._stop.is_set():
                 return False
-            try:
-                async with asyncio.timeout(left):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
                     await event.wait()
-            except TimeoutError:
-                pass
         return True
 
     # -- training --------------------------------------------------------------------------------

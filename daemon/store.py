@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -34,7 +34,7 @@ from typing import TypeVar
 from seedswarm.protocol.codec import encode_frame
 from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.manifest import Manifest
-from seedswarm.protocol.records import Frame, Record, byte_to_q
+from seedswarm.protocol.records import Frame, byte_to_q
 
 from .errors import StoreError
 
@@ -154,13 +154,6 @@ class LogStore:
         node, first, _, clock = run[0]
         frame = Frame(b"\0" * 8, node, first, clock, bytes(to_byte(r[2]) for r in run))
         return len(log.offer(frame).new)
-
-    def records(self) -> Iterator[Record]:
-        """Every stored record, in the log's total order (clock, node, seq)."""
-        for node, seq, q, clock in self._db.execute(
-            "SELECT node, seq, q, clock FROM records ORDER BY clock, node, seq"
-        ):
-            yield Record(node, seq, q, clock)
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM records").fetchone()[0])

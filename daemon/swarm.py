@@ -317,7 +317,7 @@ class Swarm:
         """Every node is done stepping, has nothing pending, and all hold the same records."""
         sts = [m.status for m in self.members]
         return (
-            all(st and st["steps"]["done"] and not st["records"]["pending"] for st in sts)
+            all(_finished(st) for st in sts)
             and len({json.dumps(st["version_vector"], sort_keys=True) for st in sts}) == 1
             and len({st["fingerprint"] for st in sts}) == 1
         )
@@ -327,7 +327,7 @@ class Swarm:
         want = {m.name: steps for m in self.members if steps > 0}
         for m in self.members:
             st = m.status
-            if not st or not st["steps"]["done"] or st["records"]["pending"]:
+            if not _finished(st):
                 return False
             if {k: v for k, v in st["version_vector"].items() if v} != want:
                 return False
@@ -446,6 +446,11 @@ class Swarm:
         if agree:
             say(f"all nodes agree: fingerprint {next(iter(prints))}")
         say(f"replay any node with: seedswarm replay {self.members[0].data_dir} --out model")
+
+
+def _finished(st: dict[str, Any]) -> bool:
+    """A node's /status says it takes no more steps and has nothing left to apply."""
+    return bool(st) and st["steps"]["done"] and not st["records"]["pending"]
 
 
 def _reset_dir(base: Path, fresh: bool) -> None:
