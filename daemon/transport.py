@@ -2,12 +2,18 @@
 
 * aiomqtt 2.x, MQTT 3.1.1, QoS 1, ``clean_session=False`` and a stable client id: while the
   node is away the broker queues what its subscriptions match, and delivers it on reconnect.
-  The ``aiomqtt.Client`` object is created once and re-entered on every reconnect, so paho's
-  session state (in-flight QoS 1 messages) survives too.
+* Every connection attempt gets a fresh ``aiomqtt.Client``. aiomqtt 2.x cannot be re-entered
+  after an unexpected disconnection: its CONNACK future stays resolved, so the next ``async
+  with`` reports "connected" as soon as TCP connects, before (or without) the broker accepting
+  (aiomqtt issues #288, #369). Nothing lives in the old client that we need: the broker keeps
+  the session, and the outbox re-sends whatever the broker had not acknowledged.
 * Exactly one loop reconnects (``run``), with exponential backoff and full jitter.
 * The outbox is a deque that lives as long as the node: a message leaves it only when the
   broker acknowledged it (PUBACK), so a reconnect loses nothing. Publishing runs in its own
-  task (``publisher``), which waits for the connection instead of reconnecting itself.
+  task (``publisher``), which waits for the connection instead of reconnecting itself; when a
+  connection ends, a publish still waiting on it is aborted at once and re-sent on the next.
+  Delivery is at least once: a frame whose PUBACK was lost is sent again, and receivers
+  drop the duplicate by ``(node, seq)``.
 * Presence is retained, and the will (``alive = False``, retained) marks the node gone if the
   connection dies without a goodbye.
 """
@@ -115,6 +121,7 @@ class Transport:
         self.messages_published = 0
         self.messages_received = 0
         self._client: aiomqtt.Client | None = None
+        self._inflight: asyncio.Timeout | None = None  # the publish awaiting its PUBACK
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -172,11 +179,11 @@ class Transport:
         """
         self._task = asyncio.current_task()
         backoff = Backoff()
-        client = self._make_client()
-        self._client = client
         try:
             while not self._closing:
                 self.state = "connecting"
+                client = self._make_client()  # fresh per attempt: see the module docstring
+                self._client = client
                 try:
                     async with client:
                         self.connects += 1
@@ -196,6 +203,7 @@ class Transport:
                     log.warning("broker %s: %s", self.address.display(), self.last_error)
                 finally:
                     self.connected.clear()
+                    self._abort_inflight()
                 self.state = "disconnected"
                 await asyncio.sleep(backoff.next_delay())
         except asyncio.CancelledError:
@@ -205,6 +213,12 @@ class Transport:
             task.uncancel()
         finally:
             self.state = "closed"
+
+    def _abort_inflight(self) -> None:
+        """End a publish that waits on a connection that is gone (the outbox keeps the item)."""
+        scope = self._inflight
+        if scope is not None and not scope.expired():
+            scope.reschedule(asyncio.get_running_loop().time())
 
     async def publisher(self) -> None:
         """Send the outbox in order; an item leaves only once the broker acknowledged it."""
@@ -217,13 +231,20 @@ class Transport:
                 continue
             client = self._client
             item = self.outbox[0]
+            # No await between creating the scope and entering it, so an abort cannot be missed.
+            scope = self._inflight = asyncio.timeout(None)
             try:
                 assert client is not None
-                await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+                async with scope:
+                    await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+            except TimeoutError:
+                continue  # aborted: its connection ended; the item goes out on the next one
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 await asyncio.sleep(0.1)
                 continue
+            finally:
+                self._inflight = None
             if self.outbox and self.outbox[0] is item:
                 self.outbox.popleft()
             self.messages_published += 1

@@ -4,8 +4,11 @@ A TCP relay sits between the transport and the broker so the test can cut the co
 way a network does (the broker sees the socket die; no DISCONNECT is sent). While it is cut,
 another client publishes QoS 1 messages and the transport queues its own. After the relay comes
 back, the transport must (1) reconnect by itself, (2) receive what the broker queued for its
-persistent session, and (3) deliver its outbox. The control case shows that the same cut loses
-the messages for a clean session, so the test can tell the difference.
+persistent session, and (3) deliver its outbox. The cut lasts until the transport has tried
+at least once to reconnect and been turned away (TCP accepted, then closed before CONNACK), the
+case that once made a re-entered aiomqtt client report "connected" without a broker. The control
+case shows that the same cut loses the messages for a clean session, so the test can tell the
+difference.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class CuttableRelay:
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
         self.open = True
+        self.turned_away = 0  # connections accepted and closed at once while cut
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -40,6 +44,7 @@ class CuttableRelay:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.open:
+            self.turned_away += 1
             writer.close()
             return
         b_reader, b_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
@@ -126,6 +131,8 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
             for i in range(10):
                 await other.publish("t/in/x", f"during-{i}".encode(), qos=1)
                 transport.publish(Outgoing("t/out/x", f"queued-{i}".encode()))
+            await _wait(lambda: relay.turned_away >= 1)  # a reconnect attempt hit the cut
+            assert transport.connects == 1  # ... and did not pass for a connection
             assert len(transport.outbox) == 10  # nothing acknowledged while cut
 
             relay.restore()
