@@ -476,7 +476,7 @@ async def _wire_rows(port: int, sizes: list[int], *, embedded: bool) -> list[dic
         if embedded:
             return await _measure_wire(port, sizes, None)
         async with aiomqtt.Client("127.0.0.1", port, identifier="wire-sys-counter") as sys_client:
-            await sys_client.subscribe("$SYS/broker/bytes/received")
+            await sys_client.subscribe([(_SysCounter.BYTES, 0), (_SysCounter.TICK, 0)])
             counter = _SysCounter()
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(counter.read(sys_client), name="sys-counter")
@@ -501,6 +501,7 @@ async def _measure_wire(
     key = NodeKey.generate()
     topic = "seedswarm/default/records/n0"
     rows = []
+    sys_before = await counter.fresh() if counter is not None else 0
     for n in sizes:
         for signed in (False, True):
             relay = _CountingRelay(port)
@@ -508,7 +509,6 @@ async def _measure_wire(
             qs = bytes(q_to_byte((i * 37) % 255 - 127) for i in range(n))  # any valid bytes
             total_records = max(4096, n * 8)
             frames = math.ceil(total_records / n)
-            sys_before = await counter.fresh() if counter is not None else 0
             async with aiomqtt.Client(
                 "127.0.0.1", relay.port, identifier=f"wire-{n}-{signed}"
             ) as c:
@@ -534,45 +534,57 @@ async def _measure_wire(
             if counter is not None:
                 # the broker's own count: $SYS/broker/bytes/received, which also counts
                 # the CONNECT/DISCONNECT of the publisher and the counter client's pings
-                row["broker_sys_bytes_per_record"] = (await counter.fresh() - sys_before) / records
+                sys_after = await counter.fresh()
+                row["broker_sys_bytes_per_record"] = (sys_after - sys_before) / records
+                sys_before = sys_after  # nothing reaches the broker between two rows
             rows.append(row)
             await relay.stop()
     return rows
 
 
 class _SysCounter:
-    """Mosquitto's $SYS/broker/bytes/received, as a separate client reads it."""
+    """Mosquitto's $SYS/broker/bytes/received, as a separate client reads it.
 
-    SILENCE_S = 2.5  # mosquitto publishes it every second (sys_interval 1), when it changed
-    PATIENCE_S = 30.0
+    Mosquitto refreshes $SYS on a tick (every 2 s with ``sys_interval 1``: it waits until more
+    than the interval has passed). Each tick publishes the uptime first, then bytes/received if
+    it changed. So the value is current once enough ticks have passed, which is counted in
+    ticks, not guessed from silence: a loaded machine delays ticks, it cannot fake one.
+    """
+
+    BYTES = "$SYS/broker/bytes/received"
+    TICK = "$SYS/broker/uptime"  # changes, hence is published, on every tick
+    TICKS = 3  # after the 3rd tick the value held covers all that reached the broker by the 2nd
+    PATIENCE_S = 60.0
 
     def __init__(self) -> None:
         self.value = -1
-        self._changed = asyncio.Event()
+        self.ticks = 0
+        self._ticked = asyncio.Event()
 
     async def read(self, client: Any) -> None:
         async for m in client.messages:
-            if isinstance(m.payload, bytes | bytearray):
+            if m.retain or not isinstance(m.payload, bytes | bytearray):
+                continue  # retained: the state at subscribe time, not a tick
+            if m.topic.matches(self.TICK):
+                self.ticks += 1
+                self._ticked.set()
+            elif m.topic.matches(self.BYTES):
                 self.value = int(m.payload)
-                self._changed.set()
 
     async def fresh(self) -> int:
-        """The counter once it has settled: SILENCE_S without an update means it is current."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.PATIENCE_S
-        while True:
-            self._changed.clear()
-            try:
-                async with asyncio.timeout(self.SILENCE_S):
-                    await self._changed.wait()
-            except TimeoutError:
-                if self.value >= 0:
-                    return self.value
-            if loop.time() > deadline:
-                raise ConfigError(
-                    f"bench wire: mosquitto's $SYS/broker/bytes/received did not settle within "
-                    f"{self.PATIENCE_S:.0f} s (is sys_interval set, and is the broker idle?)"
-                )
+        """The counter as of at least one full tick after this call."""
+        target = self.ticks + self.TICKS
+        try:
+            async with asyncio.timeout(self.PATIENCE_S):
+                while self.ticks < target or self.value < 0:
+                    self._ticked.clear()
+                    await self._ticked.wait()
+        except TimeoutError:
+            raise ConfigError(
+                f"bench wire: mosquitto's $SYS counters did not tick within "
+                f"{self.PATIENCE_S:.0f} s (is sys_interval set?)"
+            ) from None
+        return self.value
 
 
 # -- quant ---------------------------------------------------------------------------------------

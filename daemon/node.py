@@ -146,6 +146,7 @@ class Node:
         self._wants: asyncio.Queue[Want] = asyncio.Queue(maxsize=1000)
         self._key: NodeKey | None = None
         self._conflicts: dict[str, dict[str, Any]] = {}
+        self._conflict_seen = asyncio.Event()  # ends the join wait at once
         self._model_vv: dict[str, int] = {}  # applied records, as the model thread sees them
         self._since_snapshot = 0
         self.http_url = ""
@@ -329,6 +330,7 @@ class Node:
         if isinstance(raw, dict) and raw.get("alive") and sender != self.me:
             theirs = raw.get("manifest")
             self._conflicts[sender] = theirs if isinstance(theirs, dict) else {}
+            self._conflict_seen.set()
 
     async def _ingest(self) -> None:
         """Decode, verify and store incoming frames and wants, in batches."""
@@ -411,10 +413,12 @@ class Node:
         """
         if not await self._until(self.transport.connected):
             return  # stopped before the first connection
-        with contextlib.suppress(TimeoutError):  # listen for peers' presence a moment
+        # Listen for peers' presence a moment. A foreign manifest ends the wait at once, so a
+        # generous --join-wait costs nothing when there is a conflict to find.
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.values["join_wait"]):
-                await self._stop.wait()
-                return
+                if not await self._until(self._conflict_seen):
+                    return  # stopped while listening
         if self._conflicts:
             sender, theirs = next(iter(sorted(self._conflicts.items())))
             detail = ""

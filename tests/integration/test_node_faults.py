@@ -174,8 +174,9 @@ def test_bad_frames_are_dropped_and_counted(mosquitto: Broker, tmp_path: Path) -
 
 def test_a_node_with_another_manifest_refuses_to_join(mosquitto: Broker, tmp_path: Path) -> None:
     first = NodeProc("n0", tmp_path, mosquitto.url, steps=5)
-    # a generous join wait: the retained presence must arrive even on a loaded machine
-    other = NodeProc("n1", tmp_path, mosquitto.url, "--lr", "0.01", "--join-wait", "5", steps=5)
+    # a generous join wait: the retained presence must arrive even on a loaded machine, and
+    # the conflict ends the wait as soon as it does
+    other = NodeProc("n1", tmp_path, mosquitto.url, "--lr", "0.01", "--join-wait", "120", steps=5)
     with running(first, other):
         first.start()
         first.wait_ready()

@@ -125,6 +125,11 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
             await _wait(transport.connected.is_set)
             await other.publish("t/in/x", b"before", qos=1)
             await _wait(lambda: received == ["before"])
+            # paho hands "before" to on_message before it sends the PUBACK; cut now and the
+            # broker would rightly deliver it again. A publish of our own is a barrier: its
+            # PUBACK comes back after the broker has read everything sent before it.
+            transport.publish(Outgoing("t/out/x", b"barrier"))
+            await _wait(lambda: not transport.outbox)
 
             relay.cut()
             await _wait(lambda: not transport.connected.is_set())
@@ -136,9 +141,9 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
             assert len(transport.outbox) == 10  # nothing acknowledged while cut
 
             relay.restore()
-            await _wait(lambda: len(received) == 11 and len(got_out) == 10)
+            await _wait(lambda: len(received) == 11 and len(got_out) == 11)
             assert received == ["before"] + [f"during-{i}" for i in range(10)]
-            assert got_out == [f"queued-{i}" for i in range(10)]
+            assert got_out == ["barrier"] + [f"queued-{i}" for i in range(10)]
             assert transport.connects == 2
             assert not transport.outbox
             transport.close()
