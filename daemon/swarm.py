@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from .broker import EmbeddedBroker, free_port
+from .broker import EmbeddedBroker, free_ports
 from .console import emit_json, say, table
 from .errors import ConfigError
 from .options import KERNEL, Option, non_negative, positive, steps_limit
@@ -78,6 +78,7 @@ class Swarm:
         self.values = values
         self.members: list[Member] = []
         self.broker: EmbeddedBroker | None = None
+        self._broker_port = 0  # chosen with the members' ports (0: amqtt picks its own)
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second Ctrl+C: skip the settling
         self.quiet = values["json"]
@@ -150,8 +151,10 @@ class Swarm:
                     "use --fresh to start over or --dir for a new directory"
                 )
         manifest_path.write_text(manifest.to_json())
-        for name in names:
-            m = Member(name, base / name, f"127.0.0.1:{free_port()}")
+        # every port at once, the embedded broker's too, so no two of them can coincide
+        *member_ports, self._broker_port = free_ports(len(names) + 1)
+        for name, port in zip(names, member_ports, strict=True):
+            m = Member(name, base / name, f"127.0.0.1:{port}")
             m.log_path = m.data_dir / "node.log"
             m.data_dir.mkdir(parents=True, exist_ok=True)
             self.members.append(m)
@@ -164,7 +167,7 @@ class Swarm:
     async def _start_broker(self) -> str:
         if self.values["broker"]:
             return str(self.values["broker"])
-        self.broker = EmbeddedBroker()
+        self.broker = EmbeddedBroker(port=self._broker_port)
         await self.broker.start()
         say(f"embedded MQTT broker (amqtt) at {self.broker.url}", quiet=self.quiet)
         return self.broker.url
