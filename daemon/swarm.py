@@ -28,8 +28,6 @@ from .console import emit_json, say, table
 from .errors import ConfigError
 from .options import KERNEL, Option, non_negative, positive, steps_limit
 
-SETTLE_S = 30.0  # after Ctrl+C, how long the nodes may take to apply the last records
-
 SWARM_OPTIONS = (
     Option("nodes", int, 3, "how many nodes to start", check=positive),
     Option("broker", str, "", "use this broker instead of the embedded one (mqtt://host:port)"),
@@ -50,6 +48,13 @@ SWARM_OPTIONS = (
     ),
     Option("signed", bool, False, "give every node an Ed25519 key and sign every frame"),
     Option("timeout", float, 0.0, "give up after this many seconds (0: never)", check=non_negative),
+    Option(
+        "settle",
+        float,
+        30.0,
+        "after Ctrl+C, seconds the nodes may take to apply the last records and agree",
+        check=non_negative,
+    ),
     Option(
         "presence_interval", float, 1.0, "seconds between the nodes' heartbeats", check=positive
     ),
@@ -297,7 +302,7 @@ class Swarm:
     async def _settle(self, session: aiohttp.ClientSession) -> None:
         """After Ctrl+C: every node stops stepping (SIGUSR2) but keeps applying, so that the
         records in flight arrive everywhere and the nodes stop in agreement. A second Ctrl+C,
-        or SETTLE_S seconds, cuts this short; the nodes then stop where they are."""
+        or --settle seconds, cuts this short; the nodes then stop where they are."""
         for m in self.members:
             if m.proc is not None and m.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -307,7 +312,7 @@ class Swarm:
             "(Ctrl+C again to stop at once)",
             quiet=self.quiet,
         )
-        deadline = time.monotonic() + SETTLE_S
+        deadline = time.monotonic() + self.values["settle"]
         while True:
             await asyncio.gather(*(self._poll(session, m, fresh=True) for m in self.members))
             if self._agreed() or self._hurry.is_set() or time.monotonic() > deadline:

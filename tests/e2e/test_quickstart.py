@@ -17,7 +17,10 @@ import pytest
 
 from ..helpers import cli, cli_json, env, wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.broker]
+# Real processes that wait on each other with their own, named deadlines (wait_until, cli
+# timeouts); the per-test limit sits above the sum of those, so a slow machine fails with
+# the named wait's message rather than a bare timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(900)]
 
 
 @pytest.mark.parametrize("signed", [False, True], ids=["open", "signed"])
@@ -46,8 +49,9 @@ def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path) -> None:
     """The quickstart without --steps runs until Ctrl+C, then stops every node cleanly and
     says where each node's data is."""
     proc = subprocess.Popen(
+        # --settle: time enough on a loaded machine; agreement ends the wait as soon as it holds
         [sys.executable, "-m", "seedswarm.daemon.cli", "swarm", "--nodes", "2", "--dir",
-         str(tmp_path / "swarm")],
+         str(tmp_path / "swarm"), "--settle", "240"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
     try:
@@ -61,7 +65,7 @@ def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path) -> None:
 
         wait_until(progressing, timeout=240, what="the nodes to take steps", interval=1.0)
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=180)
+        _out, err = proc.communicate(timeout=360)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -34,7 +34,10 @@ from ..helpers import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.broker]
+# Real processes that wait on each other with their own, named deadlines (wait_until, cli
+# timeouts); the per-test limit sits above the sum of those, so a slow machine fails with
+# the named wait's message rather than a bare timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(900)]
 
 
 def test_kill9_and_broker_restart_lose_nothing(tmp_path: Path) -> None:
