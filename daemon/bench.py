@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -423,14 +424,36 @@ def _mosquitto(port: int) -> Any:
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nsys_interval 1\n"
         )
-        proc = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        err_path = Path(tmp) / "m.err"
+        with err_path.open("wb") as err:  # a file, not a pipe: a full pipe would block it
+            proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
         try:
+            _wait_listening(proc, port, err_path)
             yield
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def _wait_listening(
+    proc: subprocess.Popen[bytes], port: int, err_path: Path, patience: float = 30.0
+) -> None:
+    """Until mosquitto accepts connections; a clear error if it exits or never listens."""
+    deadline = time.monotonic() + patience
+    while True:
+        if proc.poll() is not None:
+            err = err_path.read_text(errors="replace").strip()
+            last = err.splitlines()[-1] if err else f"exit status {proc.returncode}"
+            raise ConfigError(f"bench wire: mosquitto on port {port} stopped at start: {last}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"bench wire: mosquitto did not listen on port {port} within {patience:.0f} s"
+                ) from None
+            time.sleep(0.05)
 
 
 def bench_wire(values: dict[str, Any]) -> dict[str, Any]:
@@ -465,13 +488,6 @@ async def _wire_rows(port: int, sizes: list[int], *, embedded: bool) -> list[dic
     broker = EmbeddedBroker(port=port) if embedded else None
     if broker is not None:
         await broker.start()
-    for _ in range(0 if embedded else 100):  # wait for mosquitto to listen
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.05)
     try:
         if embedded:
             return await _measure_wire(port, sizes, None)

@@ -95,3 +95,22 @@ def test_bench_prints_a_table_for_a_person() -> None:
         assert bad.returncode == 2
         want = f"{flags[1]}: a comma-separated list of positive integers, e.g. 1,16,256"
         assert bad.stderr.strip().splitlines() == [f"seedswarm bench: error: {want}"]
+
+
+@pytest.mark.broker
+def test_bench_wire_says_so_when_mosquitto_cannot_start() -> None:
+    """A port already bound elsewhere: mosquitto exits at once, and the bench says why."""
+    import shutil
+    import socket
+
+    from seedswarm.daemon.bench import _mosquitto
+    from seedswarm.daemon.errors import ConfigError
+
+    if not (shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")):
+        pytest.skip("mosquitto is not installed (.ci/run installs it)")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: connecting to it is refused
+        port = taken.getsockname()[1]
+        refused = pytest.raises(ConfigError, match=f"mosquitto on port {port} stopped at start: ")
+        with refused, _mosquitto(port):
+            pytest.fail("mosquitto cannot listen on a port that is taken")
