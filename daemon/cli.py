@@ -112,6 +112,12 @@ EVAL_OPTIONS = (
     Option("data", str, "", "held-out data (.txt .jsonl .csv .tsv)"),
     Option("limit", int, 0, "first N examples only (0: all)", check=non_negative),
     Option("batch_size", int, 64, "examples per forward pass", check=positive),
+    Option(
+        "compare_base",
+        bool,
+        False,
+        "also evaluate the base model on the same examples (what fine-tuning changed)",
+    ),
     BASE_OVERRIDE,
     DEVICE,
     KERNEL,

@@ -312,25 +312,38 @@ def evaluate(values: dict[str, Any]) -> int:
         store.load_log(log)
     finally:
         store.close()
-    applied = restore_snapshot(engine, run_dir / SNAPSHOTS, log.held())
-    catch_up(engine, log, applied)
     examples = prepare(read(values["data"]), manifest.task, engine.task_model.tokenizer)
     if values["limit"]:
         examples = examples.subset(range(min(values["limit"], len(examples))))
+    # the engine holds the (snapped) base weights until the snapshot and the log are applied
+    base = (
+        engine.evaluate(examples, batch_size=values["batch_size"])
+        if values["compare_base"]
+        else None
+    )
+    applied = restore_snapshot(engine, run_dir / SNAPSHOTS, log.held())
+    catch_up(engine, log, applied)
     result = engine.evaluate(examples, batch_size=values["batch_size"])
-    summary = {
+    summary: dict[str, Any] = {
         "command": "eval",
         "run_id": manifest.run_id().hex(),
         "records": log.held_count(),
         "fingerprint": engine.fingerprint(),
         **result,
     }
+    if base is not None:
+        summary["base"] = base
     if values["json"]:
         emit_json(summary)
     else:
-        acc = f"  accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
+
+        def line(r: dict[str, float]) -> str:
+            acc = f"  accuracy {r['accuracy']:.4f}" if "accuracy" in r else ""
+            return f"loss {r['loss']:.4f}{acc}"
+
         print(
-            f"loss {result['loss']:.4f}{acc}  on {int(result['examples'])} examples "
-            f"after {log.held_count()} records"
+            f"{line(result)}  on {int(result['examples'])} examples after {log.held_count()} records"
         )
+        if base is not None:
+            print(f"{line(base)}  base model, same examples")
     return 0

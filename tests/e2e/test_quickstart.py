@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.timeout(900)]
 
 @pytest.mark.parametrize("signed", [False, True], ids=["open", "signed"])
 def test_swarm_quickstart_ends_in_agreement(tmp_path: Path, signed: bool) -> None:
-    args = ["swarm", "--nodes", "3", "--steps", "30", "--dir", str(tmp_path / "swarm"), "--json"]
+    # 100 steps each: after 3 x 30 records the eval loss still swings between runs (measured
+    # 4.98 to 5.55 against the base's 5.56); after 3 x 100 it lands at 4.17 to 4.29
+    args = ["swarm", "--nodes", "3", "--steps", "100", "--dir", str(tmp_path / "swarm"), "--json"]
     if signed:
         args.append("--signed")
     proc = cli(*args, timeout=600)
@@ -36,13 +38,21 @@ def test_swarm_quickstart_ends_in_agreement(tmp_path: Path, signed: bool) -> Non
     nodes = report["nodes"]
     assert [n["node"] for n in nodes] == ["n0", "n1", "n2"]
     for n in nodes:
-        assert n["version_vector"] == {"n0": 30, "n1": 30, "n2": 30}
+        assert n["version_vector"] == {"n0": 100, "n1": 100, "n2": 100}
         assert n["fingerprint"] == report["fingerprint"]
         assert n["mode"] == ("signed" if signed else "open")
-        assert n["loss"]["recent"] < n["loss"]["first"]
         assert n["exit_code"] == 0
     replayed = cli_json("replay", nodes[1]["data_dir"])
     assert replayed["fingerprint"] == report["fingerprint"]
+    # The swarm learned: the agreed model against the base, on the same fixed examples. (Each
+    # node's own first loss is no yardstick: a node that starts late takes its first step on
+    # weights that already hold its peers' records.)
+    ev = cli_json(
+        "eval", nodes[2]["data_dir"], "--data", "builtin:patterns", "--limit", "256",
+        "--compare-base",
+    )  # fmt: skip
+    assert ev["fingerprint"] == report["fingerprint"]
+    assert ev["loss"] < ev["base"]["loss"] - 0.5, ev
 
 
 def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path) -> None:

@@ -129,9 +129,18 @@ def test_learning_through_the_cli_and_eval(tmp_path: Path) -> None:
     assert first["step"] == 0
     assert last["step"] == 300
     assert last["loss"] < first["loss"] - 0.5, out["eval"]
-    ev = cli_json("eval", str(tmp_path / "run"), "--data", str(text))
+    ev = cli_json("eval", str(tmp_path / "run"), "--data", str(text), "--compare-base")
     assert ev["loss"] == pytest.approx(last["loss"], rel=1e-5)
     assert ev["fingerprint"] == out["fingerprint"]
+    # --compare-base: the base model on the same examples, i.e. the trainer's step-0 eval
+    assert ev["base"]["loss"] == pytest.approx(first["loss"], rel=1e-5)
+    assert ev["base"]["examples"] == ev["examples"]
+    shown = cli("eval", str(tmp_path / "run"), "--data", str(text), "--compare-base")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0].startswith(f"loss {ev['loss']:.4f}")
+    assert "after 300 records" in lines[0]
+    assert lines[1] == f"loss {ev['base']['loss']:.4f}  base model, same examples"
 
 
 def test_settings_from_the_environment(tmp_path: Path) -> None:
