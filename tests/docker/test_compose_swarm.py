@@ -460,12 +460,14 @@ def test_auth_variant_passwords_and_write_acls(built: Built) -> None:
             pub -u node1 -P "$P1" -t seedswarm/acl-d/sync/node2 -m want
             pub -u node1 -P "$P1" -t seedswarm/acl-e/presence/node1 -m own
             for run in a b c d e; do set -- "$@" -t "seedswarm/acl-$run/#"; done
-            mosquitto_sub -h 127.0.0.1 -p $port -u node3 -P "$P3" "$@" -v -W 5 || true
+            # the retained messages, in the order of the filters: a forged one (acl-a, acl-b)
+            # would come first, so the first three decide; -W is only a safety net
+            mosquitto_sub -h 127.0.0.1 -p $port -u node3 -P "$P3" "$@" -v -C 3 -W 120 || true
         """
         out = docker(
             "exec", "-e", f"PORT={s.ports['mqtt']}", "-e", f"P1={secrets['node1']}",
             "-e", f"P2={secrets['node2']}", "-e", f"P3={secrets['node3']}",
-            s.cid("mosquitto"), "sh", "-c", probe, timeout=120,
+            s.cid("mosquitto"), "sh", "-c", probe, timeout=240,
         )  # fmt: skip
         lines = out.splitlines()
         assert "anonymous: refused" in lines, out
