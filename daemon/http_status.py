@@ -46,9 +46,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), value
 
 
-RATE_WINDOW_S = 30.0
-
-
 def status_dict(node: Node, fingerprint: tuple[str, str, bool]) -> dict[str, Any]:
     s = node.stats
     now = time.monotonic()
@@ -57,10 +54,7 @@ def status_dict(node: Node, fingerprint: tuple[str, str, bool]) -> dict[str, Any
     held = node.log.held()
     pending = sum(max(held.get(n, 0) - applied.get(n, 0), 0) for n in held if n != node.me)
     pending += node.log.pending_count()
-    # rates over the last 30 s (or since start): they fall to 0 once the node stops stepping
-    span = max(min(RATE_WINDOW_S, now - s.started), 1e-3)
-    step_rate = sum(1 for t in s.step_ends if now - t <= span) / span
-    rec_rate = sum(n for t, n in s.apply_events if now - t <= span) / span
+    step_rate, rec_rate = s.rates(now)
     tr = node.transport
     ours = sum(held.values())
     peers = []

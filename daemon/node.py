@@ -84,6 +84,7 @@ INGEST_BATCH = 512
 PROGRESS_EVERY = 10.0  # seconds between progress lines in the log
 PARENT_ENV = "SEEDSWARM_PARENT_PID"  # set by `seedswarm swarm`: stop if that process dies
 APPLY_BATCH = 4096
+RATE_WINDOW_S = 30.0  # /status rates (steps.per_s, records_per_s) are over this window
 
 
 @dataclass(slots=True)
@@ -102,8 +103,8 @@ class Stats:
     dropped: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     losses: deque[float] = field(default_factory=lambda: deque(maxlen=50))
     step_times: deque[float] = field(default_factory=lambda: deque(maxlen=50))  # durations
-    step_ends: deque[float] = field(default_factory=lambda: deque(maxlen=4096))  # monotonic
-    apply_events: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=200))
+    # (monotonic end, records applied, own step taken) of each pass in the last RATE_WINDOW_S
+    passes: deque[tuple[float, int, bool]] = field(default_factory=deque)
     first_loss: float | None = None
     wants_sent: int = 0
     wants_answered: int = 0
@@ -116,6 +117,19 @@ class Stats:
 
     def drop(self, reason: str, sender: str) -> None:
         self.dropped[reason][sender] += 1
+
+    def record_pass(self, applied: int, stepped: bool) -> None:
+        now = time.monotonic()
+        self.passes.append((now, applied, stepped))
+        while now - self.passes[0][0] > RATE_WINDOW_S:
+            self.passes.popleft()
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """(own steps, records applied) per second over the last RATE_WINDOW_S (or since start):
+        they fall to 0 once the node stops stepping."""
+        span = max(min(RATE_WINDOW_S, now - self.started), 1e-3)
+        recent = [(n, stepped) for t, n, stepped in self.passes if now - t <= span]
+        return sum(st for _, st in recent) / span, sum(n for n, _ in recent) / span
 
 
 class Node:
@@ -504,7 +518,6 @@ class Node:
                     )
                     t1 = time.monotonic()
                     self.stats.step_times.append(t1 - t0)
-                    self.stats.step_ends.append(t1)
                     self.applied[self.me] = seq + 1
                     self.unflushed.append(result.q)
                     self.stats.steps += 1
@@ -513,10 +526,10 @@ class Node:
                         self.stats.first_loss = result.loss
                     if len(self.unflushed) >= self.values["frame_records"]:
                         self._flush_now.set()
-                    applied_now = len(ready) + 1
+                    applied_now, stepped = len(ready) + 1, True
                 elif ready:
                     await self.model.run(self._apply_job, ready)
-                    applied_now = len(ready)
+                    applied_now, stepped = len(ready), False
                 else:
                     self._records_ready.clear()
                     try:
@@ -527,7 +540,7 @@ class Node:
                     continue
                 advance(self.applied, ready)
                 self.stats.applied_peer_records += len(ready)
-                self.stats.apply_events.append((time.monotonic(), applied_now))
+                self.stats.record_pass(applied_now, stepped)
                 self._since_snapshot += applied_now
                 if self._since_snapshot >= self.values["snapshot_every"]:
                     await self._snapshot()
