@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -281,10 +280,7 @@ class Swarm:
                     await asyncio.gather(
                         *(self._poll(session, m, fresh=True) for m in self.members)
                     )
-                    if (
-                        self._all_done()
-                        and len({m.status.get("fingerprint") for m in self.members}) == 1
-                    ):
+                    if self._all_done() and self._agreed():
                         say(
                             f"all {len(self.members)} nodes took {v['steps']} steps and agree",
                             quiet=self.quiet,
@@ -314,32 +310,34 @@ class Swarm:
         )
         deadline = time.monotonic() + self.values["settle"]
         while True:
-            await asyncio.gather(*(self._poll(session, m, fresh=True) for m in self.members))
+            await asyncio.gather(*(self._poll(session, m) for m in self.members))
+            if self._same_records():  # only then is a weight hash on every node worth its time
+                await asyncio.gather(*(self._poll(session, m, fresh=True) for m in self.members))
             if self._agreed() or self._hurry.is_set() or time.monotonic() > deadline:
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await self._hurry.wait()
 
-    def _agreed(self) -> bool:
+    def _same_records(self) -> bool:
         """Every node is done stepping, has nothing pending, and all hold the same records."""
         sts = [m.status for m in self.members]
+        return all(_finished(st) for st in sts) and len({st["vv_digest"] for st in sts}) == 1
+
+    def _agreed(self) -> bool:
+        """The same records everywhere, and one weight fingerprint, current for those records."""
+        sts = [m.status for m in self.members]
         return (
-            all(_finished(st) for st in sts)
-            and len({json.dumps(st["version_vector"], sort_keys=True) for st in sts}) == 1
+            self._same_records()
+            and all(st["fingerprint_vv_digest"] == st["vv_digest"] for st in sts)
             and len({st["fingerprint"] for st in sts}) == 1
         )
 
     def _all_done(self) -> bool:
+        """The same records everywhere, and they are every node's --steps own steps."""
         steps = self.values["steps"]
         want = {m.name: steps for m in self.members if steps > 0}
-        for m in self.members:
-            st = m.status
-            if not _finished(st):
-                return False
-            if {k: v for k, v in st["version_vector"].items() if v} != want:
-                return False
-        return True
+        return self._same_records() and self.members[0].status["version_vector"] == want
 
     def _rows(self) -> list[list[Any]]:
         rows: list[list[Any]] = []
