@@ -173,9 +173,9 @@ def _memory_probe(values: dict[str, Any], arm: str) -> tuple[int, int]:
     """In a fresh process: load the model, then run one arm once. Returns (resident bytes
     before the arm, peak resident bytes during it). A fresh process per arm, because freed
     memory that the allocator keeps from one arm would hide what the next one needs."""
-    from seedswarm.model.loading import hf_logging_module
+    from seedswarm.model.loading import quiet_libraries
 
-    hf_logging_module().set_verbosity_error()  # a spawned child starts with the defaults
+    quiet_libraries()  # a spawned child starts with the libraries' defaults
     engine = _engine(values)
     fn = _step_arms(engine, values)[arm]
     with _PeakRSS() as rss:
@@ -183,17 +183,20 @@ def _memory_probe(values: dict[str, Any], arm: str) -> tuple[int, int]:
     return rss.start, rss.peak
 
 
-def _peak_memory(values: dict[str, Any], engine: Any) -> dict[str, tuple[int, int]]:
-    """(before, peak) bytes per arm: GPU allocations on CUDA, resident memory on CPU."""
-    if engine.device.type == "cuda":
+def _peak_memory(
+    values: dict[str, Any], device: torch.device, arms: dict[str, Callable[[], None]]
+) -> dict[str, tuple[int, int]]:
+    """(before, peak) bytes per arm: GPU allocations on CUDA (the arms as given), resident
+    memory on CPU (each arm rebuilt in a fresh process from ``values``)."""
+    if device.type == "cuda":
         out: dict[str, tuple[int, int]] = {}
-        for name, fn in _step_arms(engine, values).items():
-            torch.cuda.synchronize(engine.device)
-            torch.cuda.reset_peak_memory_stats(engine.device)
-            before = int(torch.cuda.memory_allocated(engine.device))
+        for name, fn in arms.items():
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = int(torch.cuda.memory_allocated(device))
             fn()
-            torch.cuda.synchronize(engine.device)
-            out[name] = (before, int(torch.cuda.max_memory_allocated(engine.device)))
+            torch.cuda.synchronize(device)
+            out[name] = (before, int(torch.cuda.max_memory_allocated(device)))
         return out
     if not Path("/proc/self/clear_refs").exists():  # not Linux: no resident-memory figures
         return dict.fromkeys(STEP_ARMS, (0, 0))
@@ -262,23 +265,20 @@ def bench_step(values: dict[str, Any]) -> dict[str, Any]:
     device = engine.device
     repeats = values["repeats"]
     arms = _step_arms(engine, values)
-    two_forwards, ours, mezo = (arms[k] for k in STEP_ARMS)
 
     # interleave the three so that drift in machine load hits all of them alike
-    t_fwd: list[float] = []
-    t_ours: list[float] = []
-    t_mezo: list[float] = []
-    for fn in (two_forwards, ours, mezo):
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for fn in arms.values():
         fn()  # warm-up
     for _ in range(repeats):
-        for fn, acc in ((two_forwards, t_fwd), (ours, t_ours), (mezo, t_mezo)):
+        for name, fn in arms.items():
             _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
-            acc.append(time.perf_counter() - t0)
-    fwd, zo, mz = (statistics.median(t) for t in (t_fwd, t_ours, t_mezo))
-    mem = _peak_memory(values, engine)
+            times[name].append(time.perf_counter() - t0)
+    fwd, zo, mz = (statistics.median(times[k]) for k in STEP_ARMS)
+    mem = _peak_memory(values, device, arms)
     mem_fwd, mem_ours, mem_mezo = (mem[k][1] for k in STEP_ARMS)
     weights = sum(p.numel() * p.element_size() for p in tm.parameters())
     return {

@@ -197,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # `kill -USR1 <pid>` prints every thread's stack: how to see what a stuck process waits for
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    _quiet_libraries()
+    from seedswarm.model.loading import quiet_libraries
+
+    quiet_libraries()
     try:
         config = load_config_file(getattr(args, "config", None))
         options = [o for _, group in args._groups for o in group]
@@ -206,28 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(args, pname):
                 values[pname] = getattr(args, pname)
         return _handlers()[args.command](values)
-    except SeedswarmError as exc:
+    # OSError: a path the user gave (unwritable, a file for a directory, ...): exit 1, not the
+    # 2 of a bad setting
+    except (SeedswarmError, OSError) as exc:
         if os.environ.get("SEEDSWARM_DEBUG"):
             raise
         sys.stderr.write(f"seedswarm {args.command}: error: {exc}\n")
-        return 2
-    except OSError as exc:  # a path the user gave: unwritable, a file for a directory, ...
-        if os.environ.get("SEEDSWARM_DEBUG"):
-            raise
-        sys.stderr.write(f"seedswarm {args.command}: error: {exc}\n")
-        return 1
+        return 2 if isinstance(exc, SeedswarmError) else 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from seedswarm.model.loading import hf_logging_module
-
-    hf = hf_logging_module()
-    hf.set_verbosity_error()
-    hf.disable_progress_bar()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -203,6 +203,17 @@ def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def load_run_dir(run_dir: Path) -> tuple[Manifest, OrderedLog]:
+    """The run's manifest and its whole log, read once; the store is closed again."""
+    manifest, store = open_run_dir(run_dir)
+    log = OrderedLog()
+    try:
+        store.load_log(log)
+    finally:
+        store.close()
+    return manifest, log
+
+
 def open_run_dir(run_dir: Path) -> tuple[Manifest, LogStore]:
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory (it does not exist)")
@@ -225,12 +236,7 @@ def open_run_dir(run_dir: Path) -> tuple[Manifest, LogStore]:
 def replay(values: dict[str, Any]) -> int:
     """Rebuild the fine-tuned model from the base and the log alone."""
     run_dir = Path(values["run_dir"])
-    manifest, store = open_run_dir(run_dir)
-    log = OrderedLog()
-    try:
-        store.load_log(log)
-    finally:
-        store.close()
+    manifest, log = load_run_dir(run_dir)
     # Only contiguous per-node prefixes: a swarm node's store also holds records that arrived
     # beyond a gap; applying them would give weights that match no version vector.
     records = list(log.ordered())
@@ -259,11 +265,12 @@ def replay(values: dict[str, Any]) -> int:
     out = values["out"]
     if out:
         engine.save_pretrained(Path(out))
+    beyond_gaps = log.pending_count()
     summary = {
         "command": "replay",
         "run_id": manifest.run_id().hex(),
         "records": len(records),
-        "beyond_gaps": log.pending_count(),  # stored but not applied: a gap precedes them
+        "beyond_gaps": beyond_gaps,  # stored but not applied: a gap precedes them
         "version_vector": dict(sorted(vv.items())),
         "vv_digest": digest(vv),
         "fingerprint": fingerprint,
@@ -282,9 +289,9 @@ def replay(values: dict[str, Any]) -> int:
             f"replayed {len(records)} records ({order} order) in {apply_s:.2f}s with the "
             f"{engine.backend.name} kernel"
         )
-        if log.pending_count():
+        if beyond_gaps:
             say(
-                f"left out {log.pending_count()} stored records that lie beyond a gap in their "
+                f"left out {beyond_gaps} stored records that lie beyond a gap in their "
                 "node's sequence (the node had not received what comes before them)"
             )
         if matches is not None:
@@ -302,16 +309,11 @@ def replay(values: dict[str, Any]) -> int:
 def evaluate(values: dict[str, Any]) -> int:
     """Loss (and accuracy) of a run's current model on a held-out file."""
     run_dir = Path(values["run_dir"])
-    manifest, store = open_run_dir(run_dir)
-    try:
-        device = resolve_device(values["device"])
-        engine = Engine.open(
-            manifest, model_ref=values["model"] or None, device=device, kernel=values["kernel"]
-        )
-        log = OrderedLog()
-        store.load_log(log)
-    finally:
-        store.close()
+    manifest, log = load_run_dir(run_dir)
+    device = resolve_device(values["device"])
+    engine = Engine.open(
+        manifest, model_ref=values["model"] or None, device=device, kernel=values["kernel"]
+    )
     examples = prepare(read(values["data"]), manifest.task, engine.task_model.tokenizer)
     if values["limit"]:
         examples = examples.subset(range(min(values["limit"], len(examples))))

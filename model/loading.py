@@ -16,6 +16,7 @@ differ only by the perturbation (no dropout).
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,15 @@ def hf_logging_module() -> Any:
     import importlib
 
     return importlib.import_module("transformers.utils.logging")
+
+
+def quiet_libraries() -> None:
+    """For a whole process (the CLI, a benchmark's spawned child): no tokenizer fork warnings,
+    no transformers warnings below errors, no progress bars."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hf = hf_logging_module()
+    hf.set_verbosity_error()
+    hf.disable_progress_bar()
 
 
 # -- the built-in tiny model ----------------------------------------------------------------
