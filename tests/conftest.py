@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import MOSQUITTO, Broker
+from .helpers import Broker, started_broker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -16,27 +16,24 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _broker(kind: str, tmp_path: Path) -> Iterator[Broker]:
-    if kind == "mosquitto" and MOSQUITTO is None:
-        pytest.fail("mosquitto is not installed: apt install mosquitto (.ci/run does)")
-    b = Broker(kind, tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Broker]:
-    yield from _broker("mosquitto", tmp_path)
-
-
-@pytest.fixture
-def amqtt_broker(tmp_path: Path) -> Iterator[Broker]:
-    yield from _broker("amqtt", tmp_path)
+    yield from started_broker("mosquitto", tmp_path)
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
 def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
-    yield from _broker(str(request.param), tmp_path)
+    yield from started_broker(str(request.param), tmp_path)
+
+
+SLOW_TEST_LIMIT_S = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` drive real processes that wait on each other with their own named
+    deadlines (wait_until, cli timeouts), which add up to more than the default 300 s. Unless a
+    test sets its own limit, it gets one above that sum, so a slow machine fails with the named
+    wait's message rather than a bare timeout."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TEST_LIMIT_S))

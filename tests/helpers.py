@@ -18,9 +18,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -90,6 +92,19 @@ def get_text(url: str, timeout: float = 30) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def started_broker(kind: str, tmp_path: Path, extra: Sequence[str] = ()) -> Iterator[Broker]:
+    """A started broker for one test (``yield from`` it in a fixture); ``extra``: more
+    Mosquitto config lines. No Mosquitto where one is expected fails the test, never skips it."""
+    if kind == "mosquitto" and MOSQUITTO is None:
+        pytest.fail("mosquitto is not installed: apt install mosquitto (.ci/run does)")
+    b = Broker(kind, tmp_path / "broker", extra=list(extra))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 class Broker:
@@ -185,11 +200,12 @@ class NodeProc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def ready(self) -> bool:
+    def ready(self, path: str = "/readyz") -> bool:
+        """The node answers 200 on ``path`` (/readyz: joined; /healthz: serving at all)."""
         if not self.alive():
             raise AssertionError(f"node {self.name} exited early:\n{self.tail()}")
         with contextlib.suppress(OSError, ValueError):
-            return get_text(self.url + "/readyz", timeout=2)[0] == 200
+            return get_text(self.url + path, timeout=2)[0] == 200
         return False
 
     def wait_ready(self, timeout: float = 120) -> None:

@@ -8,8 +8,12 @@ they never assert on wall-clock speed, which shared machines cannot promise.
 from __future__ import annotations
 
 import math
+import socket
 
 import pytest
+
+from seedswarm.daemon.bench import _mosquitto
+from seedswarm.daemon.errors import ConfigError
 
 from ..helpers import cli, cli_json
 
@@ -100,14 +104,6 @@ def test_bench_prints_a_table_for_a_person() -> None:
 @pytest.mark.broker
 def test_bench_wire_says_so_when_mosquitto_cannot_start() -> None:
     """A port already bound elsewhere: mosquitto exits at once, and the bench says why."""
-    import shutil
-    import socket
-
-    from seedswarm.daemon.bench import _mosquitto
-    from seedswarm.daemon.errors import ConfigError
-
-    if not (shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")):
-        pytest.skip("mosquitto is not installed (.ci/run installs it)")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: connecting to it is refused
         port = taken.getsockname()[1]

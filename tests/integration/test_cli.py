@@ -6,6 +6,7 @@ eval, settings from flags / environment / config file, and one-line errors.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -16,10 +17,7 @@ import pytest
 
 from ..helpers import cli, cli_json, env
 
-# Real processes that wait on each other with their own, named deadlines (wait_until, cli
-# timeouts); the per-test limit sits above the sum of those, so a slow machine fails with
-# the named wait's message rather than a bare timeout.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow]
 
 
 def _records(run_dir: Path) -> list[tuple[str, int, int, int]]:
@@ -50,15 +48,10 @@ def test_replay_applies_only_contiguous_prefixes(tmp_path: Path) -> None:
     """Records stored beyond a gap (a swarm node got seq 5.. of a peer but not 0..4) are
     left out of the replay: the weights must match the version vector the replay reports."""
     run = cli_json("train", "--steps", "20", "--out", str(tmp_path / "run"))
-    db = sqlite3.connect(tmp_path / "run" / "log.sqlite")
-    try:
-        with db:
-            db.executemany(
-                "INSERT INTO records VALUES (?, ?, ?, ?)",
-                [("peer", seq, 100, 1) for seq in (5, 6, 7)],
-            )
-    finally:
-        db.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "run" / "log.sqlite")) as db, db:
+        db.executemany(
+            "INSERT INTO records VALUES (?, ?, ?, ?)", [("peer", seq, 100, 1) for seq in (5, 6, 7)]
+        )
     out = cli_json("replay", str(tmp_path / "run"), "--order", "shuffled")
     assert out["fingerprint"] == run["fingerprint"]
     assert out["records"] == 20
@@ -86,6 +79,9 @@ def test_the_task_follows_the_data(tmp_path: Path) -> None:
     cli_json("train", "--data", str(text), "--steps", "3", "--out", str(tmp_path / "t"))
     manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
     assert manifest["task"]["kind"] == "causal_lm"
+    ev_text = cli_json("eval", str(tmp_path / "t"), "--data", str(text))
+    assert ev_text["loss"] > 0  # text is cut into sequences: no per-line example count
+    assert "accuracy" not in ev_text  # a language model's eval has a loss, not an accuracy
 
 
 def test_replay_saves_a_transformers_model(tmp_path: Path) -> None:
@@ -135,8 +131,7 @@ def test_learning_through_the_cli_and_eval(tmp_path: Path) -> None:
     # --compare-base: the base model on the same examples, i.e. the trainer's step-0 eval
     assert ev["base"]["loss"] == pytest.approx(first["loss"], rel=1e-5)
     assert ev["base"]["examples"] == ev["examples"]
-    shown = cli("eval", str(tmp_path / "run"), "--data", str(text), "--compare-base")
-    assert shown.returncode == 0, shown.stderr
+    shown = cli("eval", str(tmp_path / "run"), "--data", str(text), "--compare-base", check=True)
     lines = shown.stdout.strip().splitlines()
     assert lines[0].startswith(f"loss {ev['loss']:.4f}")
     assert "after 300 records" in lines[0]

@@ -9,6 +9,7 @@ import pytest
 
 from seedswarm.daemon.errors import StoreError
 from seedswarm.daemon.store import LogStore
+from seedswarm.protocol.codec import encode_frame
 from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.records import Frame, Record
 
@@ -34,7 +35,9 @@ def test_records_survive_reopen_in_total_order(tmp_path: Path) -> None:
             Record("b", 1, -2, 1),
             Record("a", 0, 3, 2),
         ]
-        assert store.frames_for("b", 0, 2)  # the frames themselves are kept for gap filling
+        # the frames themselves are kept, as encoded, for gap filling
+        assert store.frames_for("b", 0, 2) == [encode_frame(_frame("b", 0, [1, -2], clock=1))]
+        assert store.frames_for("b", 2, 1) == []
     finally:
         store.close()
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import socket
 
-from seedswarm.daemon.broker import free_port, free_ports
+from seedswarm.daemon.broker import free_ports
 
 
-def test_free_ports_are_distinct_and_can_be_bound() -> None:
-    ports = free_ports(64)
-    assert len(set(ports)) == 64
+def test_free_ports_are_distinct_and_released() -> None:
+    # many at once: if a socket were released before all were chosen, bind(0) would soon hand
+    # its port out again and the set would come out short
+    ports = free_ports(500)
+    assert len(set(ports)) == 500
     socks = []
     try:
         for p in ports:  # each one was released and is free to listen on now
@@ -17,9 +19,6 @@ def test_free_ports_are_distinct_and_can_be_bound() -> None:
             socks.append(s)
             s.bind(("127.0.0.1", p))
             s.listen()
-        # a port someone listens on is never handed out
-        assert not set(free_ports(16)) & set(ports)
-        assert free_port() not in ports
     finally:
         for s in socks:
             s.close()
