@@ -251,7 +251,7 @@ def _step_arms(engine: Any, values: dict[str, Any]) -> dict[str, Callable[[], No
         tm.loss(batch)
 
     def ours() -> None:
-        engine.step(engine.seed_of("bench", next(counter)), batch)
+        engine.step([engine.seed_of("bench", next(counter))], batch)
 
     def mezo() -> None:
         _mezo_step(params, lambda: tm.loss(batch), next(counter), 1e-3, 1e-7)
@@ -673,7 +673,7 @@ def bench_quant(values: dict[str, Any]) -> dict[str, Any]:
     for seq in range(values["steps"]):
         seed = byte.seed_of("n0", seq)
         idx = sample_batch(seed, len(train), batch_size)
-        qs.append(byte.step(seed, tm.make_batch(train.subset(idx))).q)
+        qs.extend(byte.step([seed], tm.make_batch(train.subset(idx))).qs)
         float_step(seed, flt.task_model.make_batch(train.subset(idx)))
         if (seq + 1) % values["eval_every"] == 0:
             evaluate(seq + 1)

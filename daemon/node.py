@@ -486,7 +486,7 @@ class Node:
         seed = self.engine.seed_of(self.me, seq)
         idx = sample_batch(seed, len(self.examples), batch_size)
         batch = self.engine.task_model.make_batch(self.examples.subset(idx))
-        result = self.engine.step(seed, batch, pending)
+        result = self.engine.step([seed], batch, pending)
         advance(self._model_vv, pending)
         self._model_vv[self.me] = seq + 1
         return result
@@ -519,7 +519,7 @@ class Node:
                     t1 = time.monotonic()
                     self.stats.step_times.append(t1 - t0)
                     self.applied[self.me] = seq + 1
-                    self.unflushed.append(result.q)
+                    self.unflushed.extend(result.qs)
                     self.stats.steps += 1
                     self.stats.losses.append(result.loss)
                     if self.stats.first_loss is None:

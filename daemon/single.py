@@ -139,13 +139,13 @@ def _train(values: dict[str, Any], engine: Engine, store: LogStore, raw: Any, ou
         batch = tm.make_batch(
             examples.subset(sample_batch(seed, len(examples), values["batch_size"]))
         )
-        result = engine.step(seed, batch)
-        pending.append(result.q)
+        result = engine.step([seed], batch)
+        pending.extend(result.qs)
         losses.append(result.loss)
         if len(pending) >= frame_records:
             flush()
         done = seq + 1
-        progress.update(done, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", q=result.q)
+        progress.update(done, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", q=result.qs[0])
         if values["eval_every"] and done % values["eval_every"] == 0 and done < steps:
             evaluate(done)
     flush()

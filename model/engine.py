@@ -61,14 +61,19 @@ class Hyper:
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    q: int
-    g: float
-    loss_plus: float
-    loss_minus: float
+    """What one step produced: one record byte per direction, in the order of its seeds.
+
+    ``losses`` are the forward passes' losses in the order they ran (SPSA: L+, L-);
+    ``loss`` is the step's training loss as shown to people.
+    """
+
+    qs: tuple[int, ...]
+    gs: tuple[float, ...]
+    losses: tuple[float, ...]
 
     @property
     def loss(self) -> float:
-        return 0.5 * (self.loss_plus + self.loss_minus)
+        return sum(self.losses) / len(self.losses)
 
 
 def hash_tensors(
@@ -233,10 +238,19 @@ class Engine:
         for i in range(0, len(terms), batch):
             self._accumulate(terms[i : i + batch])
 
+    @property
+    def records_per_step(self) -> int:
+        """How many records (directions, each with its own seq and seed) one step produces."""
+        return 1
+
     def step(
-        self, seed: int, batch: dict[str, torch.Tensor], pending: Sequence[Record] = ()
+        self, seeds: Sequence[int], batch: dict[str, torch.Tensor], pending: Sequence[Record] = ()
     ) -> StepResult:
-        """One ZO step on ``batch``; ``pending`` peer records are applied in the first pass."""
+        """One ZO step on ``batch``, one direction per seed (``records_per_step`` of them);
+        ``pending`` peer records are applied in the first pass."""
+        if len(seeds) != self.records_per_step:
+            raise ValueError(f"a step takes {self.records_per_step} seeds, got {len(seeds)}")
+        (seed,) = seeds
         peers = [(self.seed_of(r.node, r.seq), 0, r.q) for r in pending if r.q]
         m = self.manifest
         self._accumulate([*peers, (seed, 1, 0)])
@@ -248,7 +262,7 @@ class Engine:
             g = math.nan  # quantises to q = 0: the step is recorded but moves nothing
         q = quantize_gradient(g, lr=m.lr, unit_exp=m.unit_exp, seed=seed)
         self._accumulate([(seed, 1, q)])
-        return StepResult(q, g, loss_plus, loss_minus)
+        return StepResult((q,), (g,), (loss_plus, loss_minus))
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -278,9 +292,6 @@ class Engine:
                         f"snapshot tensor {n} has shape {tuple(src.shape)}, want {tuple(p.shape)}"
                     )
                 p.copy_(src)
-
-    def grid_table(self) -> list[TensorGrid]:
-        return list(self.grids)
 
     # -- evaluation and export ---------------------------------------------------------------
 

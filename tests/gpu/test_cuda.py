@@ -79,8 +79,8 @@ def test_cuda_replica_of_cpu_records_has_the_cpu_fingerprint(kernel: str) -> Non
     cpu = _tiny("cpu", "torch")
     records = []
     for seq in range(40):
-        result = cpu.step(cpu.seed_of("n0", seq), _batch(cpu, seq))
-        records.append(Record("n0", seq, result.q, 1))
+        result = cpu.step([cpu.seed_of("n0", seq)], _batch(cpu, seq))
+        records.append(Record("n0", seq, result.qs[0], 1))
     gpu = Engine.open(cpu.manifest, device="cuda", kernel=kernel)
     shuffled = records[:]
     random.Random(1).shuffle(shuffled)
@@ -94,8 +94,8 @@ def test_cuda_steps_leave_weights_a_cpu_replay_reproduces(amp: bool) -> None:
     gpu.task_model.amp_dtype = torch.bfloat16 if amp else None
     records = []
     for seq in range(30):
-        result = gpu.step(gpu.seed_of("g", seq), _batch(gpu, seq))
-        records.append(Record("g", seq, result.q, 1))
+        result = gpu.step([gpu.seed_of("g", seq)], _batch(gpu, seq))
+        records.append(Record("g", seq, result.qs[0], 1))
     assert any(r.q for r in records)
     cpu = Engine.open(gpu.manifest, device="cpu", kernel="torch")
     cpu.apply(records)
@@ -107,7 +107,7 @@ def test_cuda_steps_leave_weights_a_cpu_replay_reproduces(amp: bool) -> None:
 def test_two_cuda_replicas_step_identically() -> None:
     a, b = _tiny("cuda", "auto"), _tiny("cuda", "auto")
     for seq in range(10):
-        ra = a.step(a.seed_of("n", seq), _batch(a, seq))
-        rb = b.step(b.seed_of("n", seq), _batch(b, seq))
-        assert ra.q == rb.q
+        ra = a.step([a.seed_of("n", seq)], _batch(a, seq))
+        rb = b.step([b.seed_of("n", seq)], _batch(b, seq))
+        assert ra.qs == rb.qs
     assert a.fingerprint() == b.fingerprint()

@@ -154,14 +154,12 @@ def test_step_is_deterministic(kernel: str, chunks: Examples) -> None:
         results = []
         for seq in range(4):
             seed = e.seed_of("n", seq)
-            results.append(e.step(seed, _batch(e, chunks, seed)))
+            results.append(e.step([seed], _batch(e, chunks, seed)))
         runs.append((e, results))
     (a, ra), (b, rb) = runs
-    assert [r.q for r in ra] == [r.q for r in rb]
-    assert [(r.loss_plus, r.loss_minus, r.g) for r in ra] == [
-        (r.loss_plus, r.loss_minus, r.g) for r in rb
-    ]
-    assert any(r.q for r in ra)
+    assert [r.qs for r in ra] == [r.qs for r in rb]
+    assert [(r.losses, r.gs) for r in ra] == [(r.losses, r.gs) for r in rb]
+    assert any(r.qs[0] for r in ra)
     assert_same_state(a, b)
 
 
@@ -170,7 +168,9 @@ def test_step_gives_the_same_bytes_on_every_backend(chunks: Examples) -> None:
     runs = []
     for kernel in ("torch", "cpu"):
         e = tiny_engine(kernel)
-        qs = [e.step(e.seed_of("n", s), _batch(e, chunks, e.seed_of("n", s))).q for s in range(3)]
+        qs = [
+            e.step([e.seed_of("n", s)], _batch(e, chunks, e.seed_of("n", s))).qs for s in range(3)
+        ]
         runs.append((e, qs))
     assert runs[0][1] == runs[1][1]
     assert_same_state(runs[0][0], runs[1][0])
@@ -183,12 +183,14 @@ def test_step_leaves_exactly_its_own_record(kernel: str, chunks: Examples) -> No
     replica = tiny_engine(kernel)
     for seq in range(3):
         seed = stepper.seed_of("me", seq)
-        res = stepper.step(seed, _batch(stepper, chunks, seed))
-        assert res.q != 0
-        assert -127 <= res.q <= 127
-        assert math.isfinite(res.g)
-        assert res.loss == 0.5 * (res.loss_plus + res.loss_minus)
-        replica.apply([Record("me", seq, res.q, seq)])
+        res = stepper.step([seed], _batch(stepper, chunks, seed))
+        (q,) = res.qs
+        assert q != 0
+        assert -127 <= q <= 127
+        assert math.isfinite(res.gs[0])
+        assert len(res.losses) == 2
+        assert res.loss == 0.5 * (res.losses[0] + res.losses[1])
+        replica.apply([Record("me", seq, q, seq)])
         assert_same_state(stepper, replica)
 
 
@@ -198,9 +200,9 @@ def test_step_with_a_vanishing_update_restores_the_base_bits(chunks: Examples) -
     base_fp = e.fingerprint()
     for seq in range(2):
         seed = e.seed_of("me", seq)
-        res = e.step(seed, _batch(e, chunks, seed))
-        assert res.q == 0
-        assert res.loss_plus != res.loss_minus  # the perturbation did move the loss
+        res = e.step([seed], _batch(e, chunks, seed))
+        assert res.qs == (0,)
+        assert res.losses[0] != res.losses[1]  # the perturbation did move the loss
     for name, t in e.trainable_state().items():
         assert_same_bits(t, base[name], name)
     assert e.fingerprint() == base_fp
@@ -214,16 +216,16 @@ def test_pending_records_in_a_step_equal_applying_them_first(kernel: str, chunks
     batch = _batch(seed_engine, chunks, seed)
 
     fused = seed_engine
-    res_fused = fused.step(seed, batch, pending=peers)
+    res_fused = fused.step([seed], batch, pending=peers)
 
     separate = tiny_engine(kernel)
     separate.apply(peers)
-    res_separate = separate.step(seed, batch)
+    res_separate = separate.step([seed], batch)
     assert res_fused == res_separate
     assert_same_state(fused, separate)
 
     replay = tiny_engine(kernel)
-    replay.apply([*peers, Record("me", 0, res_fused.q, 99)][::-1], batch=4)
+    replay.apply([*peers, Record("me", 0, res_fused.qs[0], 99)][::-1], batch=4)
     assert_same_state(fused, replay)
 
 
@@ -372,9 +374,9 @@ def test_classification_engine_on_tiny() -> None:
     assert 0.0 <= out["accuracy"] <= 1.0
     assert out["loss"] > 0
     seed = e.seed_of("n", 0)
-    res = e.step(seed, e.task_model.make_batch(ex))
+    res = e.step([seed], e.task_model.make_batch(ex))
     replica = tiny_engine(task=spec)
-    replica.apply([Record("n", 0, res.q, 0)])
+    replica.apply([Record("n", 0, res.qs[0], 0)])
     assert_same_state(e, replica)
 
 

@@ -27,11 +27,11 @@ def test_zo_steps_lower_held_out_loss_on_patterns() -> None:
     held = examples.subset(range(n_train, len(examples)))
     before = e.evaluate(held)["loss"]
     assert 5.0 < before < 6.0  # about ln(259) for an untrained byte-level model
-    qs = []
+    qs: list[int] = []
     for seq in range(STEPS):
         seed = e.seed_of("learner", seq)
         idx = data.sample_batch(seed, n_train, BATCH)  # training chunks only
-        qs.append(e.step(seed, e.task_model.make_batch(examples.subset(idx))).q)
+        qs.extend(e.step([seed], e.task_model.make_batch(examples.subset(idx))).qs)
     after = e.evaluate(held)["loss"]
     assert before - after > 0.5, f"held-out loss {before:.3f} -> {after:.3f}"
     assert sum(1 for q in qs if q) > STEPS // 2  # the bytes carry information
