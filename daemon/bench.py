@@ -62,14 +62,7 @@ BENCH_OPTIONS = (
 )
 
 
-def register(sub: Any, subcommand: Callable[..., Any]) -> None:
-    subcommand(
-        sub,
-        "bench",
-        "speed benchmarks with side-by-side ratios",
-        [("bench", BENCH_OPTIONS)],
-        [("which", {"choices": ("step", "apply", "wire", "quant"), "help": "which benchmark"})],
-    )
+BENCHES = ("step", "apply", "wire", "quant")
 
 
 def run_bench(values: dict[str, Any]) -> int:
@@ -133,7 +126,7 @@ def _engine(values: dict[str, Any], kernel: str | None = None) -> Any:
     from seedswarm.model.engine import Engine, Hyper
     from seedswarm.protocol.manifest import TaskSpec
 
-    from .single import resolve_device
+    from .runspec import resolve_device
 
     device = resolve_device(values["device"])
     task = TaskSpec(kind="causal_lm", seq_len=max(values["seq_len"], 8))
@@ -617,17 +610,16 @@ def bench_quant(values: dict[str, Any]) -> dict[str, Any]:
     from seedswarm.model.engine import Engine
     from seedswarm.model.tasks import prepare
 
-    from .runspec import RUN_OPTIONS, open_engine, plan_run
-    from .single import resolve_device
+    from .runspec import open_engine, plan_run, resolve_device
+    from .settings import RunSettings
 
     model = "tiny" if values["model"] == "opt-125m-config" else values["model"]
-    run_values: dict[str, Any] = {o.name: o.default for o in RUN_OPTIONS}
-    run_values.update(
+    run = RunSettings(
         model=model, data=values["data"], lr=values["lr"], unit_exp=values["unit_exp"]
     )
     device = resolve_device(values["device"])
-    plan = plan_run(run_values)
-    byte = open_engine(plan, run_values, device=device, kernel=values["kernel"])
+    plan = plan_run(run)
+    byte = open_engine(plan, run, device=device, kernel=values["kernel"])
     flt = Engine.open(
         byte.manifest, model_ref=plan.model_ref, device=device, kernel=values["kernel"]
     )

@@ -6,11 +6,13 @@
     seedswarm node    the daemon: train with peers through an MQTT broker
     seedswarm swarm   start a local swarm (embedded broker + N nodes) and watch it
     seedswarm status  show a node's /status;   seedswarm log   show a node's /log
-    seedswarm bench   speed benchmarks (step, apply, wire)
+    seedswarm bench   benchmarks (step, apply, wire, quant)
     seedswarm keygen  make an Ed25519 key pair for a node of a signed run
 
-Errors that a user can fix print one line (``seedswarm: error: ...``) and exit with status 2;
-nothing prints a traceback unless SEEDSWARM_DEBUG=1.
+Every command's settings are a dataclass of daemon/settings.py: its fields are the flags (and
+environment variables, and TOML keys for ``node``). Errors that a user can fix print one line
+(``seedswarm: error: ...``) and exit with status 2; nothing prints a traceback unless
+SEEDSWARM_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -22,50 +24,27 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from seedswarm.protocol.errors import SeedswarmError
 
-from .errors import ConfigError
-from .options import (
-    BASE_OVERRIDE,
-    DEVICE,
-    JSON,
-    KERNEL,
-    Option,
-    add_options,
-    load_config_file,
-    non_negative,
-    positive,
-    resolve,
-)
-from .runspec import RUN_OPTIONS
-
-LOCAL_OPTIONS = (
-    Option("node", str, "n0", "this node's id (A-Z a-z 0-9 _ -)"),
-    Option("batch_size", int, 16, "examples per forward pass", check=positive),
-    DEVICE,
-    KERNEL,
-    Option("amp", bool, False, "run forward passes in bf16 autocast on GPU (weights stay fp32)"),
-    Option("shard", str, "0/1", "use shard i of k of the training data (i/k)"),
-)
-
-TRAIN_OPTIONS = (
-    Option("steps", int, 200, "ZO steps to take", check=non_negative),
-    Option("out", str, "", "run directory to write (required)"),
-    Option("eval", str, "", "held-out data to evaluate on (same format as --data)"),
-    Option(
-        "eval_every",
-        int,
-        0,
-        "evaluate every N steps (0: at start and end only)",
-        check=non_negative,
-    ),
-    Option(
-        "eval_limit", int, 0, "evaluate on the first N examples only (0: all)", check=non_negative
-    ),
-    Option("frame_records", int, 256, "records per frame in the log", check=positive),
-    JSON,
+from . import commands
+from .options import Option, add_options, load_config_file, resolve
+from .settings import (
+    BrokerSettings,
+    ClientSettings,
+    EvalSettings,
+    KeygenSettings,
+    LocalSettings,
+    LogSettings,
+    NodeSettings,
+    ReplaySettings,
+    RunSettings,
+    SwarmSettings,
+    TrainSettings,
+    build,
+    options_of,
 )
 
 
@@ -76,56 +55,109 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-Handler = Callable[[dict[str, Any]], int]
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    settings: type | None  # the dataclass its values build; None: a plain dict (bench)
+    groups: Sequence[tuple[str, Sequence[Option]]]
+    handler: Callable[[Any], int]
+    positional: tuple[str, str] | None = None  # (name, help)
+    choices: tuple[str, ...] | None = None  # of the positional
 
 
-def _subcommand(
-    sub: Any,
-    name: str,
-    help_: str,
-    groups: Sequence[tuple[str, Sequence[Option]]],
-    positionals: Sequence[tuple[str, dict[str, Any]]] = (),
-) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
-    for pname, kwargs in positionals:
-        p.add_argument(pname, **kwargs)
-    for title, options in groups:
-        add_options(p, options, title)
-    p.set_defaults(_groups=groups, _command=name)
-    return p
+def _commands() -> list[Command]:
+    from .bench import BENCH_OPTIONS, BENCHES
+
+    return [
+        Command(
+            "train",
+            "train one node without a network and write a run directory",
+            TrainSettings,
+            [
+                ("run", options_of(RunSettings)),
+                ("node", options_of(LocalSettings)),
+                ("train", options_of(TrainSettings)),
+            ],
+            commands.train,
+        ),
+        Command(
+            "replay",
+            "rebuild the fine-tuned model from the base model and the log",
+            ReplaySettings,
+            [("replay", options_of(ReplaySettings))],
+            commands.replay,
+            ("run_dir", "a run or node data directory"),
+        ),
+        Command(
+            "eval",
+            "evaluate a run's model on held-out data",
+            EvalSettings,
+            [("eval", options_of(EvalSettings))],
+            commands.evaluate,
+            ("run_dir", "a run or node data directory"),
+        ),
+        Command(
+            "node",
+            "run a node daemon: train with peers through an MQTT broker",
+            NodeSettings,
+            [
+                ("node", options_of(NodeSettings)),
+                ("run", options_of(RunSettings)),
+                ("local", options_of(LocalSettings)),
+            ],
+            commands.run_node,
+        ),
+        Command(
+            "swarm",
+            "start a local swarm: an embedded broker (or --broker) and N nodes",
+            SwarmSettings,
+            [("swarm", options_of(SwarmSettings)), ("run", options_of(RunSettings))],
+            commands.run_swarm,
+        ),
+        Command(
+            "status",
+            "show a node's status",
+            ClientSettings,
+            [("client", options_of(ClientSettings))],
+            commands.show_status,
+            ("url", "the node's status URL, e.g. http://127.0.0.1:8470"),
+        ),
+        Command(
+            "log",
+            "show a node's log in total order",
+            LogSettings,
+            [("client", options_of(LogSettings))],
+            commands.show_log,
+            ("url", "the node's status URL"),
+        ),
+        Command(
+            "broker",
+            "run the embedded MQTT broker (amqtt) on its own, until Ctrl+C",
+            BrokerSettings,
+            [("broker", options_of(BrokerSettings))],
+            commands.run_broker,
+        ),
+        Command(
+            "keygen",
+            "make an Ed25519 key pair for a node of a signed run",
+            KeygenSettings,
+            [("keygen", options_of(KeygenSettings))],
+            commands.keygen,
+        ),
+        Command(
+            "bench",
+            "benchmarks with side-by-side ratios",
+            None,
+            [("bench", BENCH_OPTIONS)],
+            commands.run_bench,
+            ("which", "which benchmark"),
+            BENCHES,
+        ),
+    ]
 
 
-REPLAY_OPTIONS = (
-    Option("out", str, "", "directory to save the fine-tuned model to (save_pretrained)"),
-    Option(
-        "order", str, "log", "apply records in log order or shuffled", choices=("log", "shuffled")
-    ),
-    Option("shuffle_seed", int, 0, "seed of the shuffled order"),
-    Option("batch", int, 256, "records applied per pass over the weights", check=positive),
-    BASE_OVERRIDE,
-    DEVICE,
-    KERNEL,
-    JSON,
-)
-
-EVAL_OPTIONS = (
-    Option("data", str, "", "held-out data (.txt .jsonl .csv .tsv)"),
-    Option("limit", int, 0, "first N examples only (0: all)", check=non_negative),
-    Option("batch_size", int, 64, "examples per forward pass", check=positive),
-    Option(
-        "compare_base",
-        bool,
-        False,
-        "also evaluate the base model on the same examples (what fine-tuning changed)",
-    ),
-    BASE_OVERRIDE,
-    DEVICE,
-    KERNEL,
-    JSON,
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = _Parser(
         prog="seedswarm",
         description="Fine-tune a language model across hosts that exchange one byte per step.",
@@ -138,56 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging detail",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    _subcommand(
-        sub,
-        "train",
-        "train one node without a network and write a run directory",
-        [("run", RUN_OPTIONS), ("node", LOCAL_OPTIONS), ("train", TRAIN_OPTIONS)],
-    )
-    _subcommand(
-        sub,
-        "replay",
-        "rebuild the fine-tuned model from the base model and the log",
-        [("replay", REPLAY_OPTIONS)],
-        [("run_dir", {"help": "a run or node data directory"})],
-    )
-    _subcommand(
-        sub,
-        "eval",
-        "evaluate a run's model on held-out data",
-        [("eval", EVAL_OPTIONS)],
-        [("run_dir", {"help": "a run or node data directory"})],
-    )
-    from . import commands
-
-    commands.register(sub, _subcommand)
-    return parser
-
-
-def _handlers() -> dict[str, Handler]:
-    from . import commands, single
-
-    handlers: dict[str, Handler] = {
-        "train": _train_handler,
-        "replay": single.replay,
-        "eval": single.evaluate,
-    }
-    handlers.update(commands.handlers())
-    return handlers
-
-
-def _train_handler(values: dict[str, Any]) -> int:
-    from . import single
-
-    if not values["out"]:
-        raise ConfigError(
-            "train needs --out RUN_DIR (where to write the manifest, log and snapshot)"
-        )
-    return single.train(values)
+    table = {}
+    for cmd in _commands():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.positional is not None:
+            name, help_ = cmd.positional
+            p.add_argument(name, help=help_, choices=cmd.choices)
+        for title, options in cmd.groups:
+            add_options(p, options, title)
+        table[cmd.name] = cmd
+    return parser, table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser, table = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -197,17 +193,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # `kill -USR1 <pid>` prints every thread's stack: how to see what a stuck process waits for
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings
     from seedswarm.model.loading import quiet_libraries
 
     quiet_libraries()
+    cmd = table[args.command]
     try:
         config = load_config_file(getattr(args, "config", None))
-        options = [o for _, group in args._groups for o in group]
+        options = [o for _, group in cmd.groups for o in group]
         values = resolve(options, args, config=config)
-        for pname in ("run_dir", "url", "which"):
-            if hasattr(args, pname):
-                values[pname] = getattr(args, pname)
-        return _handlers()[args.command](values)
+        if cmd.positional is not None:
+            values[cmd.positional[0]] = getattr(args, cmd.positional[0])
+        return cmd.handler(build(cmd.settings, values) if cmd.settings else values)
     # OSError: a path the user gave (unwritable, a file for a directory, ...): exit 1, not the
     # 2 of a bad setting
     except (SeedswarmError, OSError) as exc:

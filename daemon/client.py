@@ -10,6 +10,8 @@ from typing import Any
 
 from .console import emit_json, table
 from .errors import ConfigError
+from .settings import ClientSettings, LogSettings
+from .status import NodeStatus
 
 
 def fetch_json(url: str, timeout: float) -> Any:
@@ -31,66 +33,70 @@ def _base(url: str) -> str:
     return url.rstrip("/")
 
 
-def show_status(values: dict[str, Any]) -> int:
-    st = fetch_json(_base(values["url"]) + "/status", values["timeout"])
-    if values["json"]:
-        emit_json(st)
+def show_status(s: ClientSettings) -> int:
+    raw = fetch_json(_base(s.url) + "/status", s.timeout)
+    if s.json:
+        emit_json(raw)
         return 0
-    loss = st["loss"]["recent"]
+    try:
+        st = NodeStatus.from_json(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{s.url} did not answer with a seedswarm status ({exc})") from exc
+    loss = st.loss.recent
     print(
-        f"node {st['node']}  run {st['run']} ({st['run_id']}, {st['mode']})  phase {st['phase']}"
-        f"  ready {'yes' if st['ready'] else 'no'}"
+        f"node {st.node}  run {st.run} ({st.run_id}, {st.mode})  phase {st.phase}"
+        f"  ready {'yes' if st.ready else 'no'}"
     )
     print(
-        f"fingerprint {st['fingerprint'][:16]}  version vector {st['vv_digest']}  "
-        f"records applied {st['records']['applied']}  pending {st['records']['pending']}"
+        f"fingerprint {st.fingerprint[:16]}  version vector {st.vv_digest}  "
+        f"records applied {st.records.applied}  pending {st.records.pending}"
     )
     print(
-        f"steps {st['steps']['taken']}"
-        f"{'/' + str(st['steps']['limit']) if st['steps']['limit'] >= 0 else ''}"
-        f"  {st['steps']['per_s']:.2f} steps/s  {st['records_per_s']:.1f} records/s"
+        f"steps {st.steps.taken}"
+        f"{'/' + str(st.steps.limit) if st.steps.limit >= 0 else ''}"
+        f"  {st.steps.per_s:.2f} steps/s  {st.records_per_s:.1f} records/s"
         f"  loss {'-' if loss is None else f'{loss:.4f}'}"
     )
-    b = st["broker"]
+    b = st.broker
     print(
-        f"broker {b['url']} {b['state']} (connects {b['connects']}, outbox {b['outbox']})"
-        f"  dropped {st['dropped_total']}  duplicates {st['duplicates']}"
+        f"broker {b.url} {b.state} (connects {b.connects}, outbox {b.outbox})"
+        f"  dropped {st.dropped_total}  duplicates {st.duplicates}"
     )
     rows = [
         [
-            st["node"] + " (this)",
+            st.node + " (this)",
             "yes",
             "-",
-            st["records"]["held"],
+            st.records.held,
             "-",
-            st["steps"]["taken"],
+            st.steps.taken,
             "-" if loss is None else f"{loss:.4f}",
         ]
     ]
     rows.extend(
         [
-            p["node"],
-            "yes" if p["alive"] else "no",
-            f"{p['last_seen_s']:.1f}s",
-            p["records"],
-            p["lag"],
-            p["steps"],
-            "-" if p["loss"] is None else f"{p['loss']:.4f}",
+            p.node,
+            "yes" if p.alive else "no",
+            f"{p.last_seen_s:.1f}s",
+            p.records,
+            p.lag,
+            p.steps,
+            "-" if p.loss is None else f"{p.loss:.4f}",
         ]
-        for p in st["peers"]
+        for p in st.peers
     )
     print(table(["node", "alive", "seen", "records", "behind", "steps", "loss"], rows))
-    if st["dropped"]:
-        print("dropped: " + ", ".join(f"{r} {sum(c.values())}" for r, c in st["dropped"].items()))
-    if st["headroom_warning"]:
-        print(f"WARNING: a tensor is {st['headroom_bits']:.2f} bits from leaving its exact range")
+    if st.dropped:
+        print("dropped: " + ", ".join(f"{r} {sum(c.values())}" for r, c in st.dropped.items()))
+    if st.headroom_warning and st.headroom_bits is not None:
+        print(f"WARNING: a tensor is {st.headroom_bits:.2f} bits from leaving its exact range")
     return 0
 
 
-def show_log(values: dict[str, Any]) -> int:
-    query = urllib.parse.urlencode({"after": values["after"], "limit": values["limit"]})
-    data = fetch_json(_base(values["url"]) + "/log?" + query, values["timeout"])
-    if values["json"]:
+def show_log(s: LogSettings) -> int:
+    query = urllib.parse.urlencode({"after": s.after, "limit": s.limit})
+    data = fetch_json(_base(s.url) + "/log?" + query, s.timeout)
+    if s.json:
         emit_json(data)
         return 0
     rows = [[r["clock"], r["node"], r["seq"], r["q"]] for r in data["records"]]

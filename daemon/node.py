@@ -1,26 +1,30 @@
-"""The node daemon: train with peers through an MQTT broker, keep the log, serve status.
+"""The node daemon: train with peers through a broker, keep the log, serve status.
 
-Phases, as in uvicorn: ``startup`` (open the store, load the model and the log, restore the
-newest snapshot, catch up, start HTTP), ``run`` (one task group owns every task), ``shutdown``
-(stop stepping, flush and publish what is written, say goodbye, disconnect, close the store).
+The node only moves bytes between its parts; what a message means is decided by the sans-IO
+session (protocol/session.py), and everything torch does happens in the replica
+(model/replica.py) on the model thread:
 
-Data flow, one direction each way:
+    transport -> inbox -> session.receive -> events:
+        FrameAccepted -> store (durable) -> trainer -> replica.step / replica.apply
+        WantReceived  -> store lookup -> session.answer -> transport
+    trainer: replica.step -> own bytes -> flusher: session.seal -> store (durable) -> transport
+    heartbeat: session.presence / wants / tick -> transport
 
-    broker -> transport -> ingest: decode + verify (protocol) -> OrderedLog -> store (durable)
-           -> trainer: apply contiguous records, take a ZO step (model thread)
-           -> own byte -> flusher: frame, sign -> store (durable) -> outbox -> transport -> broker
+Phases, as in uvicorn: ``startup`` (settings, model, store, log, snapshot, catch-up, HTTP),
+``run`` (one task group owns every task), ``shutdown`` (stop stepping, flush and publish what
+is written, snapshot, say goodbye, disconnect; then the tasks end).
 
-One owner per resource: the task group owns the tasks, ``ModelThread`` owns the model,
-``StoreThread`` owns the SQLite connection, and the event loop owns everything else
-(the OrderedLog, the peer table, the counters), so no locks are needed.
+One owner per resource: the task group owns the tasks, ``ModelThread`` the model,
+``StoreThread`` the SQLite connection, and the event loop everything else (session, counters),
+so no locks are needed. Tasks wait on events, never on polls.
 
 Invariants worth knowing:
-  * An own record is applied on the model thread in the same pass as its step, and written to
-    the store by the flusher a moment later; it is published, and a snapshot that contains it
-    is saved, only after that write. A crash in between loses a record nobody has seen, so its
-    seq may be taken again with another byte without equivocation.
-  * Snapshot files are written by a worker thread of the loop's default executor (disk I/O
-    only, on tensors the model thread copied out), so a slow disk never stalls the model.
+  * Peer records reach the model only once they are durable (``_durable``: what the store has
+    acknowledged). An own record is applied in the pass of its step and written by the flusher
+    a moment later; it is published, and a snapshot that contains it saved, only after that
+    write. A crash in between loses records nobody has seen, so their seqs may be taken again.
+  * Snapshot files are written by a worker thread (disk I/O only, on tensors the model thread
+    copied out), so a slow disk never stalls the model.
   * SIGINT/SIGTERM stop the node; SIGUSR2 only ends its stepping (the swarm launcher uses it
     to let nodes settle); SIGUSR1 prints every thread's stack (daemon/cli.py).
 """
@@ -33,247 +37,188 @@ import logging
 import os
 import signal
 import time
-from collections import Counter, defaultdict, deque
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from seedswarm.model.data import sample_batch, shard_indices
-from seedswarm.model.engine import Engine, StepResult
-from seedswarm.model.tasks import Examples, prepare
-from seedswarm.protocol.codec import (
-    MAX_FRAME_BYTES,
-    MAX_MESSAGE_BYTES,
-    encode_frame,
-    frame_from_value,
-    sign_frame,
-    unpack_strict,
-)
-from seedswarm.protocol.errors import ConflictError, DecodeError, ProtocolError, SeedswarmError
-from seedswarm.protocol.ids import check_node_id
-from seedswarm.protocol.log import OrderedLog
+from seedswarm.model.replica import Replica, StepOutcome, pending_records
+from seedswarm.protocol.errors import DecodeError, SeedswarmError
+from seedswarm.protocol.log import OrderKey
 from seedswarm.protocol.manifest import Manifest
-from seedswarm.protocol.messages import (
-    Presence,
-    Want,
-    encode_presence,
-    encode_want,
-    message_from_value,
+from seedswarm.protocol.session import (
+    Dropped,
+    ForeignRun,
+    FrameAccepted,
+    Outgoing,
+    PeerGone,
+    PeerSeen,
+    Session,
+    SessionConfig,
+    WantReceived,
 )
-from seedswarm.protocol.records import Frame, Record, q_to_byte
-from seedswarm.protocol.signing import NodeKey
-from seedswarm.protocol.sync import PeerView, SyncPlanner
+from seedswarm.protocol.topics import Route
 from seedswarm.protocol.vv import digest
 
 from . import snapshots
+from .datadir import DataDir
 from .errors import ConfigError, JoinRefused
-from .http_status import parse_listen
-from .replica import advance, catch_up, restore_snapshot
-from .runspec import RunPlan, open_engine, plan_run
-from .single import LOG, SNAPSHOTS, parse_shard, resolve_device, write_manifest
-from .store import LogStore, StoreThread
-from .topics import Topics
-from .transport import BrokerAddress, Outgoing, Transport
+from .http_status import LogPage, StatusServer
+from .progress import Stats
+from .runspec import load_key, open_engine, plan_run, resolve_device, training_examples
+from .settings import NodeSettings
+from .status import (
+    BrokerStatus,
+    LossStatus,
+    NodeStatus,
+    PeerStatus,
+    RecordsStatus,
+    SnapshotStatus,
+    StepsStatus,
+    SyncStatus,
+)
+from .store import LogStore, SqliteLogStore, StoreThread
+from .transport import Transport, TransportFactory, TransportSpec, mqtt_factory
 from .worker import ModelThread
 
 log = logging.getLogger("seedswarm.node")
 
+INBOX = 20_000  # messages waiting for the session; beyond this they are dropped (overload)
 INGEST_BATCH = 512
+APPLY_BATCH = 4096
 PROGRESS_EVERY = 10.0  # seconds between progress lines in the log
 PARENT_ENV = "SEEDSWARM_PARENT_PID"  # set by `seedswarm swarm`: stop if that process dies
-APPLY_BATCH = 4096
-RATE_WINDOW_S = 30.0  # /status rates (steps.per_s, records_per_s) are over this window
 
-
-@dataclass(slots=True)
-class PeerInfo:
-    presence: Presence
-    last_seen: float  # monotonic
-
-
-@dataclass(slots=True)
-class Stats:
-    started: float = field(default_factory=time.monotonic)
-    steps: int = 0
-    applied_peer_records: int = 0
-    duplicates: int = 0
-    frames_accepted: int = 0
-    dropped: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    losses: deque[float] = field(default_factory=lambda: deque(maxlen=50))
-    step_times: deque[float] = field(default_factory=lambda: deque(maxlen=50))  # durations
-    # (monotonic end, records applied, own step taken) of each pass in the last RATE_WINDOW_S
-    passes: deque[tuple[float, int, bool]] = field(default_factory=deque)
-    first_loss: float | None = None
-    wants_sent: int = 0
-    wants_answered: int = 0
-    snapshots: int = 0
-    last_snapshot: str = ""
-    restored_records: int = 0  # at start-up, from a snapshot
-    replayed_records: int = 0  # at start-up, from the log past the snapshot
-    headroom_bits: float | None = None
-    headroom_tensor: str = ""
-
-    def drop(self, reason: str, sender: str) -> None:
-        self.dropped[reason][sender] += 1
-
-    def record_pass(self, applied: int, stepped: bool) -> None:
-        now = time.monotonic()
-        self.passes.append((now, applied, stepped))
-        while now - self.passes[0][0] > RATE_WINDOW_S:
-            self.passes.popleft()
-
-    def rates(self, now: float) -> tuple[float, float]:
-        """(own steps, records applied) per second over the last RATE_WINDOW_S (or since start):
-        they fall to 0 once the node stops stepping."""
-        span = max(min(RATE_WINDOW_S, now - self.started), 1e-3)
-        recent = [(n, stepped) for t, n, stepped in self.passes if now - t <= span]
-        return sum(st for _, st in recent) / span, sum(n for n, _ in recent) / span
+StoreFactory = Callable[[Path], LogStore]
 
 
 class Node:
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.values = values
-        self.me: str = values["node"]
-        self.data_dir = Path(values["data_dir"]).expanduser()
-        self.max_steps: int = values["steps"]
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        transport: TransportFactory | None = None,
+        store: StoreFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.me = settings.node
+        self.datadir = DataDir(settings.data_path)
+        self.max_steps = settings.steps
         self.stats = Stats()
-        self.log = OrderedLog()
-        self.applied: dict[str, int] = {}
-        self.durable: dict[str, int] = {}  # peer records durable in the store, per node
-        self.unflushed: list[int] = []  # own bytes applied but not yet durable
-        self.peers: dict[str, PeerInfo] = {}
-        self.ready = False
-        self.joined = asyncio.Event()
         self.phase = "starting"
-        self.fingerprint_cache: tuple[str, str] = ("", "")  # (vv digest, fingerprint)
-        self._stop = asyncio.Event()
-        self._finish_requested = False  # SIGUSR2: take no more own steps
-        self._closing = asyncio.Event()
-        self._trainer_done = asyncio.Event()
-        self._flusher_done = asyncio.Event()
-        self._records_ready = asyncio.Event()
-        self._flush_now = asyncio.Event()
-        self._own_durable = asyncio.Event()
-        self._inbox: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(maxsize=20000)
-        self._wants: asyncio.Queue[Want] = asyncio.Queue(maxsize=1000)
-        self._key: NodeKey | None = None
-        self._conflicts: dict[str, dict[str, Any]] = {}
-        self._conflict_seen = asyncio.Event()  # ends the join wait at once
-        self._model_vv: dict[str, int] = {}  # applied records, as the model thread sees them
-        self._since_snapshot = 0
+        self.joined = asyncio.Event()
         self.http_url = ""
         self.exit_code = 0
         self.error = ""
+        self.applied: dict[str, int] = {}  # the replica's vv, as of its last pass (a copy)
+        self.fingerprint_cache: tuple[str, str] = ("", "")  # (vv digest, fingerprint)
+        self._make_transport = transport or mqtt_factory(
+            settings.broker_address(), ca_file=settings.ca_file
+        )
+        self._make_store: StoreFactory = store or SqliteLogStore
+        self._durable: dict[str, int] = {}  # peer records the store has acknowledged
+        self._unsealed: list[int] = []  # own bytes applied but not yet sealed into frames
+        self._since_snapshot = 0
+        self._foreign: dict[str, ForeignRun] = {}
+        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=INBOX)
+        self._wants: deque[WantReceived] = deque(maxlen=1000)
+        self._stop = asyncio.Event()
+        self._finish_requested = False  # SIGUSR2: take no more own steps
+        self._wake_trainer = asyncio.Event()
+        self._wake_flusher = asyncio.Event()  # own bytes are waiting to be sealed
+        self._frame_full = asyncio.Event()
+        self._wake_responder = asyncio.Event()
+        self._own_durable = asyncio.Event()
+        self._foreign_seen = asyncio.Event()
+        self._trainer_done = asyncio.Event()
+        self._flusher_done = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     # == startup ===================================================================================
 
     async def startup(self) -> None:
-        v = self.values
-        # settings first: a typo should cost one line, not a model load
-        check_node_id_setting(self.me)
-        address = BrokerAddress.parse(v["broker"], username=v["username"], password=v["password"])
-        parse_listen(v["http"])
-        parse_shard(v["shard"])
-        device = resolve_device(v["device"])
-        self.model = ModelThread(torch_threads=v["torch_threads"])
-        plan: RunPlan = plan_run(v)
-        self.engine: Engine = await self.model.run(
-            open_engine, plan, v, device=device, kernel=v["kernel"]
+        s = self.settings
+        device = resolve_device(s.local.device)
+        self.model = ModelThread(torch_threads=s.torch_threads)
+        plan = plan_run(s.run)
+        engine = await self.model.run(
+            open_engine,
+            plan,
+            s.run,
+            device=device,
+            kernel=s.local.kernel,
+            kernel_threads=s.torch_threads,
         )
-        self.engine.task_model.amp_dtype = torch.bfloat16 if v["amp"] and device != "cpu" else None
-        self.manifest: Manifest = self.engine.manifest
-        self.run_id = self.manifest.run_id()
-        self._load_key()
-        self.topics = Topics(v["topic_prefix"], self.manifest.name)
-        write_manifest(self.data_dir, self.manifest)
-        self.store = StoreThread(await asyncio.to_thread(LogStore, self.data_dir / LOG))
-        await self.store.call(self.store.store.bind, self.manifest)
-        await self.store.call(self.store.store.load_log, self.log)
-        held = self.log.held()
-        self.durable = {n: s for n, s in held.items() if n != self.me}
-        self.applied = await self.model.run(
-            restore_snapshot, self.engine, self.data_dir / SNAPSHOTS, held
+        engine.task_model.amp_dtype = torch.bfloat16 if s.local.amp and device != "cpu" else None
+        self.manifest: Manifest = engine.manifest
+        key = load_key(self.manifest, self.me, s.key_file)
+        if key is None and s.key_file:
+            log.warning("the run is in open mode (no keys in the manifest); --key-file is unused")
+        await asyncio.to_thread(self.datadir.write_manifest, self.manifest)
+        store = await asyncio.to_thread(self._make_store, self.datadir.log_path)
+        self.store = StoreThread(store)
+        await self.store.call(store.bind, self.manifest)
+        config = SessionConfig(frame_records=s.frame_records, peer_timeout=6 * s.presence_interval)
+        self.session = Session(
+            self.manifest, self.me, prefix=s.topic_prefix, key=key, config=config
         )
-        restored = sum(self.applied.values())
-        caught = await self.model.run(catch_up, self.engine, self.log, self.applied)
+        await self.store.call(store.load_log, self.session.log)
+        held = self.session.log.held()
+        self._durable = {n: e for n, e in held.items() if n != self.me}
+        examples = await self.model.run(training_examples, plan, engine, s.local.shard_pair)
+        self.replica = Replica(engine, self.me, examples, batch_size=s.local.batch_size)
+        restored = await self.model.run(
+            snapshots.restore, self.replica, self.datadir.snapshots, held
+        )
+        caught = await self.model.run(self.replica.catch_up, self.session.log)
+        self.applied = self.replica.vv
         self.stats.restored_records, self.stats.replayed_records = restored, caught
-        self._model_vv = dict(self.applied)
-        log.info(
-            "%s: restored %d records from a snapshot, replayed %d from the log",
-            self.me,
-            restored,
-            caught,
+        log.info("%s: restored %d records from a snapshot, replayed %d", self.me, restored, caught)
+        self.transport: Transport = self._make_transport(
+            TransportSpec(
+                client_id=f"seedswarm-{self.manifest.name}-{self.me}",
+                subscriptions=self.session.topics.subscriptions(self.me),
+                on_message=self._on_message,
+                will=self.session.will(),
+            )
         )
-        self.examples: Examples = await self.model.run(self._examples, plan)
-        self.planner = SyncPlanner(self.me)
-        self.transport = Transport(
-            address,
-            client_id=f"seedswarm-{self.manifest.name}-{self.me}",
-            subscriptions=self.topics.subscriptions(self.me),
-            on_message=self._on_message,
-            will_topic=self.topics.presence(self.me),
-            will_payload=encode_presence(Presence(self.me, self.run_id, alive=False)),
-            ca_file=v["ca_file"],
-        )
-        from .http_status import StatusServer
-
         self.http = StatusServer(self)
-        self.http_url = await self.http.start(v["http"], advertise=v["advertise"])
+        self.http_url = await self.http.start(s.http, advertise=s.advertise)
+        self.session.http = self.http_url
         self.phase = "running"
         log.info(
             "%s: run %s (%s), status at %s",
             self.me,
-            self.run_id.hex(),
+            self.session.run_id.hex(),
             self.manifest.name,
             self.http_url,
         )
 
-    def _examples(self, plan: RunPlan) -> Examples:
-        ex = prepare(plan.raw, self.manifest.task, self.engine.task_model.tokenizer)
-        return ex.subset(shard_indices(len(ex), parse_shard(self.values["shard"])))
-
-    def _load_key(self) -> None:
-        keys = dict(self.manifest.keys)
-        key_file = self.values["key_file"]
-        if not keys:
-            if key_file:
-                log.warning(
-                    "the run is in open mode (no keys in the manifest); --key-file is unused"
-                )
-            return
-        if self.me not in keys:
-            raise ConfigError(f"node {self.me} is not one of the run's writers ({', '.join(keys)})")
-        if not key_file:
-            raise ConfigError("this run is signed: give this node's private key with --key-file")
-        try:
-            text = Path(key_file).expanduser().read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"--key-file {key_file}: {exc.strerror}") from exc
-        key = NodeKey.from_hex(text)
-        if key.public_hex() != keys[self.me]:
-            raise ConfigError(f"--key-file {key_file} is not the key the run lists for {self.me}")
-        self._key = key
-
     # == run =======================================================================================
 
-    async def run(self) -> int:
+    async def run(self, *, signals: bool = True) -> int:
+        """Start up, run until stopped, shut down; returns the exit code. ``signals``: take
+        SIGINT/SIGTERM (stop) and SIGUSR2 (finish) from the process (a daemon does)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGUSR2, self.request_finish)
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) if signals else ()
+        for sig in handled:
+            loop.add_signal_handler(
+                sig, self.request_finish if sig == signal.SIGUSR2 else self.request_stop
+            )
         try:
             await self.startup()
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.transport.run(), name="transport")
-                tg.create_task(self.transport.publisher(), name="publisher")
-                tg.create_task(self._ingest(), name="ingest")
-                tg.create_task(self._join(), name="join")
-                tg.create_task(self._trainer(), name="trainer")
-                tg.create_task(self._flusher(), name="flusher")
-                tg.create_task(self._heartbeat(), name="heartbeat")
-                tg.create_task(self._responder(), name="responder")
+                for name, job in (
+                    ("transport", self.transport.run),
+                    ("ingest", self._ingest),
+                    ("responder", self._responder),
+                    ("join", self._join),
+                    ("trainer", self._trainer),
+                    ("flusher", self._flusher),
+                    ("heartbeat", self._heartbeat),
+                ):
+                    self._tasks.append(tg.create_task(job(), name=name))
                 tg.create_task(self._shutdown(), name="shutdown")
         except* (JoinRefused, ConfigError) as eg:
             self.error = str(eg.exceptions[0])
@@ -283,7 +228,7 @@ class Node:
             self.exit_code = 1
         finally:
             await self._teardown()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+            for sig in handled:
                 loop.remove_signal_handler(sig)
         return self.exit_code
 
@@ -291,214 +236,103 @@ class Node:
         if not self._stop.is_set():
             log.info("%s: stopping", self.me)
         self._stop.set()
-        self._records_ready.set()
+        self._wake_trainer.set()
 
     def request_finish(self) -> None:
         """SIGUSR2: take no more own steps, as if --steps had been reached; keep applying
         peers' records and serving. The swarm launcher uses it to stop in agreement."""
         self._finish_requested = True
-        self._records_ready.set()
+        self._wake_trainer.set()
 
     # -- inbound ---------------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        """Called by the transport for every message: route it, never raise."""
-        parsed = self.topics.parse(topic)
-        if parsed is None:
-            self.stats.drop("bad_topic", "?")
-            return
-        kind, sender = parsed
-        if kind == "presence":
-            self._on_presence(sender, payload)
-            return
+        """Called by the transport for every message; the session reads it in ``_ingest``."""
         try:
-            self._inbox.put_nowait((kind, sender, payload))
+            self._inbox.put_nowait((topic, payload))
         except asyncio.QueueFull:
-            self.stats.drop("overload", sender)  # gap filling recovers what is dropped here
-
-    def _on_presence(self, sender: str, payload: bytes) -> None:
-        if not payload:
-            return  # a cleared retained message
-        try:
-            msg = message_from_value(
-                unpack_strict(payload, max_bytes=MAX_MESSAGE_BYTES), run_id=self.run_id
-            )
-        except ProtocolError as exc:
-            if exc.reason == "wrong_run":
-                self._foreign_presence(sender, payload)
-            self.stats.drop(exc.reason, sender)
-            return
-        if not isinstance(msg, Presence) or msg.node != sender:
-            self.stats.drop("topic_mismatch", sender)
-            return
-        if sender == self.me:
-            return
-        self.peers[sender] = PeerInfo(msg, time.monotonic())
-
-    def _foreign_presence(self, sender: str, payload: bytes) -> None:
-        """A node under our run name with another manifest: remember it for the join check."""
-        try:
-            raw = unpack_strict(payload, max_bytes=MAX_MESSAGE_BYTES)
-        except ProtocolError:
-            return
-        if isinstance(raw, dict) and raw.get("alive") and sender != self.me:
-            theirs = raw.get("manifest")
-            self._conflicts[sender] = theirs if isinstance(theirs, dict) else {}
-            self._conflict_seen.set()
+            route = _route(self.session, topic)
+            # gap filling recovers what is dropped here
+            self.session.drop("overload", route.sender if route else "invalid", "inbox full")
 
     async def _ingest(self) -> None:
-        """Decode, verify and store incoming frames and wants, in batches."""
-        keys = self.manifest.public_keys() or None
-        while not self._closing.is_set():
-            try:
-                async with asyncio.timeout(0.5):
-                    first = await self._inbox.get()
-            except TimeoutError:
-                continue
-            batch = [first]
+        """Feed the session; store accepted frames in batches; route the other events."""
+        while True:
+            batch = [await self._inbox.get()]
             while len(batch) < INGEST_BATCH and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
-            accepted: list[Frame] = []
-            for kind, sender, payload in batch:
-                try:
-                    value = unpack_strict(payload, max_bytes=MAX_FRAME_BYTES)
-                    if isinstance(value, dict):
-                        if kind != "sync":
-                            raise DecodeError("a map on a records topic", reason="bad_type")
-                        msg = message_from_value(value, run_id=self.run_id)
-                        if not isinstance(msg, Want):
-                            raise DecodeError("presence on a sync topic", reason="bad_type")
-                        self._queue_want(msg)
-                        continue
-                    frame = frame_from_value(value, run_id=self.run_id, keys=keys)
-                    if kind == "records" and frame.node != sender:
-                        raise DecodeError(
-                            f"{sender} published a frame of {frame.node}", reason="topic_mismatch"
-                        )
-                    offered = self.log.offer(frame)
-                except ConflictError as exc:
-                    self.stats.drop(exc.reason, sender)
-                    log.error("%s: rejected a frame from %s: %s", self.me, sender, exc)
-                    continue
-                except ProtocolError as exc:
-                    self.stats.drop(exc.reason, sender)
-                    log.debug("%s: dropped a message from %s: %s", self.me, sender, exc)
-                    continue
-                self.stats.duplicates += offered.duplicates
-                if offered.new:
-                    accepted.append(frame)
-                    self.stats.frames_accepted += 1
-                    self._note_frame(frame)
-            if accepted:
-                held = self.log.held()
-                await self.store.call(self.store.store.append, accepted)
-                self.durable = {n: s for n, s in held.items() if n != self.me}
-                self._records_ready.set()
-                if any(kind == "sync" for kind, _, _ in batch):
-                    # an answer to a want moved a prefix: ask for the next range right away,
-                    # so a late joiner catches up at round-trip speed, not heartbeat speed
-                    self._plan_sync()
+            now = time.monotonic()
+            accepted: list[FrameAccepted] = []
+            for topic, payload in batch:
+                for event in self.session.receive(topic, payload, now):
+                    if isinstance(event, FrameAccepted):
+                        accepted.append(event)
+                    else:
+                        self._on_event(event)
+            if not accepted:
+                continue
+            held = self.session.log.held()  # everything in it is in this batch or stored before
+            await self.store.call(self.store.store.append, [(e.frame, e.body) for e in accepted])
+            self._durable = {n: e for n, e in held.items() if n != self.me}
+            self._wake_trainer.set()
+            if any(e.via_sync for e in accepted):
+                # an answer to a want moved a prefix: ask for the next range right away, so a
+                # late joiner catches up at round-trip speed, not heartbeat speed
+                self._publish(self.session.wants(time.monotonic()))
 
-    def _queue_want(self, want: Want) -> None:
-        try:
-            self._wants.put_nowait(want)
-        except asyncio.QueueFull:
-            self.stats.drop("overload", want.requester)
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, WantReceived):
+            self._wants.append(event)
+            self._wake_responder.set()
+        elif isinstance(event, Dropped):
+            if event.loud:
+                log.error("%s: rejected input from %s: %s", self.me, event.sender, event.detail)
+            else:
+                log.debug("%s: dropped from %s: %s", self.me, event.sender, event.detail)
+        elif isinstance(event, ForeignRun):
+            self._foreign[event.sender] = event
+            self._foreign_seen.set()
+        elif isinstance(event, PeerSeen):
+            log.info("%s: peer %s is here", self.me, event.node)
+        elif isinstance(event, PeerGone):
+            log.info("%s: peer %s is gone%s", self.me, event.node, " (silent)" * event.silent)
 
-    def _note_frame(self, frame: Frame) -> None:
-        """A frame tells us its author holds at least up to its end: a hint for gap filling."""
-        info = self.peers.get(frame.node)
-        if info is not None and frame.end_seq > info.presence.held.get(frame.node, 0):
-            held = dict(info.presence.held)
-            held[frame.node] = frame.end_seq
-            p = info.presence
-            self.peers[frame.node] = PeerInfo(
-                Presence(p.node, p.run_id, p.alive, held, p.http, p.steps, p.loss, p.manifest),
-                info.last_seen,
+    async def _responder(self) -> None:
+        """Answer wants from the store, one at a time (the store has one thread anyway)."""
+        while True:
+            if not self._wants:
+                self._wake_responder.clear()
+                await self._wake_responder.wait()
+                continue
+            want = self._wants.popleft().want
+            bodies = await self.store.call(
+                self.store.store.frames_for, want.node, want.first, want.count
             )
+            self._publish(self.session.answer(want, bodies))
+
+    def _publish(self, messages: list[Outgoing]) -> None:
+        for m in messages:
+            self.transport.publish(m)
 
     # -- joining ---------------------------------------------------------------------------------
 
     async def _join(self) -> None:
-        """After the first connection, listen for peers' presence; refuse a foreign manifest.
-
-        A stop request ends the wait: a node told to stop before it ever reached the broker
-        (broker down, Ctrl+C during start-up) must not hang here.
-        """
-        if not await self._until(self.transport.connected):
-            return  # stopped before the first connection
-        # Listen for peers' presence a moment. A foreign manifest ends the wait at once, so a
-        # generous --join-wait costs nothing when there is a conflict to find.
+        """After the first connection, listen for peers a moment; refuse a foreign manifest."""
+        await self.transport.connected.wait()
+        # A foreign manifest ends the wait at once, so a generous --join-wait costs nothing.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.values["join_wait"]):
-                if not await self._until(self._conflict_seen):
-                    return  # stopped while listening
-        if self._conflicts:
-            sender, theirs = next(iter(sorted(self._conflicts.items())))
-            detail = ""
-            try:
-                other = Manifest.from_dict(theirs)
-                fields = ", ".join(self.manifest.differences(other))
-                detail = f" (differs in: {fields}"
-                if other.base_hash != self.manifest.base_hash:
-                    detail += (
-                        f"; their base {other.base_hash[:16]}, ours {self.manifest.base_hash[:16]}"
-                    )
-                detail += ")"
-            except Exception:  # their manifest may be anything; the refusal stands regardless
-                detail = ""
-            raise JoinRefused(
-                f"node {sender} in run {self.manifest.name!r} runs another manifest{detail}; "
-                f"refusing to join with run id {self.run_id.hex()}"
-            )
+            async with asyncio.timeout(self.settings.join_wait):
+                await self._foreign_seen.wait()
+        if self._foreign:
+            raise JoinRefused(_refusal(self.manifest, next(iter(sorted(self._foreign.items())))[1]))
         self.joined.set()
-        self.ready = True
-
-    async def _until(self, event: asyncio.Event) -> bool:
-        """Wait until ``event`` is set (True) or a stop request comes first (False)."""
-        while not event.is_set():
-            if self._stop.is_set():
-                return False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    await event.wait()
-        return True
+        self._wake_trainer.set()
 
     # -- training --------------------------------------------------------------------------------
 
     def _may_step(self) -> bool:
-        return self.joined.is_set() and (
-            self.max_steps < 0 or self.applied.get(self.me, 0) < self.max_steps
-        )
-
-    def _ready_records(self) -> list[Record]:
-        out: list[Record] = []
-        for node, end in self.durable.items():
-            start = self.applied.get(node, 0)
-            if start < end:
-                out.extend(self.log.records(node, start, min(end, start + APPLY_BATCH - len(out))))
-                if len(out) >= APPLY_BATCH:
-                    break
-        return out
-
-    def _step_job(self, seq: int, batch_size: int, pending: list[Record]) -> StepResult:
-        """Model thread: apply ``pending`` and take own step ``seq``."""
-        seed = self.engine.seed_of(self.me, seq)
-        idx = sample_batch(seed, len(self.examples), batch_size)
-        batch = self.engine.task_model.make_batch(self.examples.subset(idx))
-        result = self.engine.step([seed], batch, pending)
-        advance(self._model_vv, pending)
-        self._model_vv[self.me] = seq + 1
-        return result
-
-    def _apply_job(self, records: list[Record]) -> None:
-        """Model thread: apply peer records."""
-        self.engine.apply(records)
-        advance(self._model_vv, records)
-
-    def _fingerprint_job(self) -> tuple[dict[str, int], str]:
-        """Model thread: the weights' hash and the version vector it belongs to, together."""
-        return dict(self._model_vv), self.engine.fingerprint()
+        own = self.applied.get(self.me, 0)
+        return self.joined.is_set() and (self.max_steps < 0 or own < self.max_steps)
 
     async def _trainer(self) -> None:
         try:
@@ -509,235 +343,136 @@ class Node:
                     if self.max_steps < 0 or self.max_steps > taken:
                         self.max_steps = taken
                         log.info("%s: finishing: no more own steps after %d", self.me, taken)
-                ready = self._ready_records()
+                ready = pending_records(
+                    self.session.log, self.applied, APPLY_BATCH, upto=self._durable
+                )
                 if self._may_step():
-                    seq = self.applied.get(self.me, 0)
-                    t0 = time.monotonic()
-                    result = await self.model.run(
-                        self._step_job, seq, self.values["batch_size"], ready
-                    )
-                    t1 = time.monotonic()
-                    self.stats.step_times.append(t1 - t0)
-                    self.applied[self.me] = seq + 1
-                    self.unflushed.extend(result.qs)
-                    self.stats.steps += 1
-                    self.stats.losses.append(result.loss)
-                    if self.stats.first_loss is None:
-                        self.stats.first_loss = result.loss
-                    if len(self.unflushed) >= self.values["frame_records"]:
-                        self._flush_now.set()
-                    applied_now, stepped = len(ready) + 1, True
+                    outcome: StepOutcome = await self.model.run(self.replica.step, ready)
+                    self.applied = dict(outcome.vv)
+                    self.stats.record_step(outcome.loss, outcome.seconds)
+                    self._unsealed.extend(outcome.qs)
+                    self._wake_flusher.set()
+                    if len(self._unsealed) >= self.settings.frame_records:
+                        self._frame_full.set()
+                    done, stepped = len(ready) + len(outcome.qs), True
                 elif ready:
-                    await self.model.run(self._apply_job, ready)
-                    applied_now, stepped = len(ready), False
+                    self.applied = dict(await self.model.run(self.replica.apply, ready))
+                    done, stepped = len(ready), False
                 else:
-                    self._records_ready.clear()
-                    try:
-                        async with asyncio.timeout(0.5):
-                            await self._records_ready.wait()
-                    except TimeoutError:
-                        pass
+                    self._wake_trainer.clear()
+                    await self._wake_trainer.wait()
                     continue
-                advance(self.applied, ready)
                 self.stats.applied_peer_records += len(ready)
-                self.stats.record_pass(applied_now, stepped)
-                self._since_snapshot += applied_now
-                if self._since_snapshot >= self.values["snapshot_every"]:
+                self.stats.record_pass(done, stepped)
+                self._since_snapshot += done
+                if self._since_snapshot >= self.settings.snapshot_every:
                     await self._snapshot()
         finally:
             self._trainer_done.set()
-            self._flush_now.set()
+            self._wake_flusher.set()
 
     async def _snapshot(self) -> None:
-        vv, state, fingerprint, headroom = await self.model.run(self._capture)
-        self.fingerprint_cache = (digest(vv), fingerprint)
-        self.stats.headroom_bits, self.stats.headroom_tensor = headroom
-        if headroom[0] < 0:
+        cap = await self.model.run(self.replica.capture)
+        self.fingerprint_cache = (digest(cap.vv), cap.fingerprint)
+        self.stats.headroom_bits, self.stats.headroom_tensor = (
+            cap.headroom_bits,
+            cap.headroom_tensor,
+        )
+        if cap.headroom_bits < 0:
             log.error(
                 "%s: tensor %s left its exact grid range: replicas may diverge",
                 self.me,
-                headroom[1],
+                cap.headroom_tensor,
             )
-        await self._until_own_durable(vv.get(self.me, 0))
+        while self.session.log.next_seq(self.me) < cap.vv.get(self.me, 0):  # own records stored
+            self._frame_full.set()
+            self._own_durable.clear()
+            await self._own_durable.wait()
         info = await asyncio.to_thread(
             snapshots.save,
-            self.data_dir / SNAPSHOTS,
-            state,
-            run_id=self.run_id.hex(),
-            version_vector=vv,
-            fingerprint=fingerprint,
+            self.datadir.snapshots,
+            cap.state,
+            run_id=self.session.run_id.hex(),
+            version_vector=dict(cap.vv),
+            fingerprint=cap.fingerprint,
         )
         self.stats.snapshots += 1
         self.stats.last_snapshot = info.path.name
         self._since_snapshot = 0
 
-    def _capture(self) -> tuple[dict[str, int], dict[str, torch.Tensor], str, tuple[float, str]]:
-        """Model thread: everything a snapshot needs, at one instant."""
-        e = self.engine
-        return dict(self._model_vv), e.trainable_state(), e.fingerprint(), e.headroom()
-
-    async def _until_own_durable(self, end: int) -> None:
-        while self.log.next_seq(self.me) < end:
-            self._flush_now.set()
-            self._own_durable.clear()
-            await self._own_durable.wait()
-
     # -- own records out -------------------------------------------------------------------------
 
     async def _flusher(self) -> None:
-        window = self.values["frame_window"]
-        per_frame = self.values["frame_records"]
+        """Seal own bytes into frames once a frame is full or its window has passed."""
+        window = self.settings.frame_window
         while True:
-            self._flush_now.clear()
-            if not self.unflushed:
+            if not self._unsealed:
                 if self._trainer_done.is_set():
                     break
-                try:
-                    async with asyncio.timeout(window if self.unflushed else 0.5):
-                        await self._flush_now.wait()
-                except TimeoutError:
-                    pass
-                if not self.unflushed:
-                    continue
-            if len(self.unflushed) < per_frame and not self._trainer_done.is_set():
-                try:  # give the batch its window to fill up
+                self._wake_flusher.clear()
+                await self._wake_flusher.wait()
+                continue
+            if (
+                len(self._unsealed) < self.settings.frame_records
+                and not self._trainer_done.is_set()
+            ):
+                self._frame_full.clear()
+                with contextlib.suppress(TimeoutError):  # give the frame its window to fill up
                     async with asyncio.timeout(window):
-                        await self._flush_now.wait()
-                except TimeoutError:
-                    pass
-            await self._flush(per_frame)
+                        await self._frame_full.wait()
+            await self._flush()
         self._flusher_done.set()
 
-    async def _flush(self, per_frame: int) -> None:
-        frames: list[Frame] = []
-        clock = self.log.max_clock + 1
-        while self.unflushed:
-            part, self.unflushed = self.unflushed[:per_frame], self.unflushed[per_frame:]
-            frame = Frame(
-                self.run_id,
-                self.me,
-                self.log.next_seq(self.me),
-                clock,
-                bytes(q_to_byte(q) for q in part),
-            )
-            if self._key is not None:
-                frame = sign_frame(frame, self._key)
-            try:
-                self.log.offer(frame)
-            except ConflictError as exc:
-                raise JoinRefused(
-                    f"another writer published records as {self.me} ({exc}); two nodes must "
-                    "never share a node id (a signed run prevents this)"
-                ) from exc
-            frames.append(frame)
-        await self.store.call(self.store.store.append, frames)
+    async def _flush(self) -> None:
+        qs, self._unsealed = self._unsealed, []
+        sealed = self.session.seal(qs)
+        await self.store.call(self.store.store.append, [(s.frame, s.body) for s in sealed])
         self._own_durable.set()
-        for frame in frames:
-            self.transport.publish(
-                Outgoing(self.topics.records(self.me), encode_frame(frame), records=frame.count)
-            )
+        self._publish([s.message for s in sealed])
 
     # -- presence and gap filling ----------------------------------------------------------------
 
-    def presence(self, alive: bool = True) -> Presence:
-        held = dict(self.durable)
-        own = self.log.next_seq(self.me)
-        if own:
-            held[self.me] = own
-        recent = list(self.stats.losses)[-10:]
-        return Presence(
-            node=self.me,
-            run_id=self.run_id,
-            alive=alive,
-            held=held,
-            http=self.http_url,
-            steps=self.applied.get(self.me, 0),
-            loss=sum(recent) / len(recent) if recent else None,
-            manifest=self.manifest.to_dict(),
-        )
-
-    def _publish_presence(self, alive: bool = True) -> None:
-        topic = self.topics.presence(self.me)
-        # keep at most one presence message queued: only the newest matters
-        stale = [
-            m
-            for m in self.transport.outbox
-            if m.topic == topic and m is not self.transport.outbox[0]
-        ]
-        for m in stale:
-            self.transport.outbox.remove(m)
-        self.transport.publish(Outgoing(topic, encode_presence(self.presence(alive)), retain=True))
-
     async def _heartbeat(self) -> None:
-        interval = self.values["presence_interval"]
+        interval = self.settings.presence_interval
         last_report = 0.0
         parent = os.environ.get(PARENT_ENV)
-        while not self._closing.is_set():
-            if self.transport.connected.is_set():
-                self._publish_presence()
-                self._plan_sync()
+        while True:
             now = time.monotonic()
+            for event in self.session.tick(now):
+                self._on_event(event)
+            if self.transport.connected.is_set():
+                self._publish([self._presence(), *self.session.wants(now)])
             if now - last_report >= PROGRESS_EVERY:
                 last_report = now
                 self._report_progress()
             if parent and not self._stop.is_set() and os.getppid() != int(parent):
                 log.warning("%s: the process that started this node is gone; stopping", self.me)
                 self.request_stop()
-            try:
-                async with asyncio.timeout(interval):
-                    await self._closing.wait()
-            except TimeoutError:
-                pass
+            await asyncio.sleep(interval)
+
+    def _presence(self, alive: bool = True) -> Outgoing:
+        return self.session.presence(
+            steps=self.applied.get(self.me, 0), loss=self.stats.recent_loss(10), alive=alive
+        )
 
     def _report_progress(self) -> None:
-        recent = list(self.stats.losses)[-20:]
-        loss = f"{sum(recent) / len(recent):.4f}" if recent else "-"
+        loss = self.stats.recent_loss()
         limit = f"/{self.max_steps}" if self.max_steps >= 0 else ""
-        alive = sum(1 for info in self.peers.values() if info.presence.alive)
         log.info(
             "%s: steps %d%s, loss %s, records applied %d, pending %d, peers %d, broker %s",
-            self.me, self.applied.get(self.me, 0), limit, loss, sum(self.applied.values()),
-            self.log.pending_count() + sum(
-                max(s - self.applied.get(n, 0), 0) for n, s in self.durable.items()
-            ),
-            alive, self.transport.state,
+            self.me, self.applied.get(self.me, 0), limit, "-" if loss is None else f"{loss:.4f}",
+            sum(self.applied.values()), self._pending(), self.session.live_peers(time.monotonic()),
+            self.transport.statistics().state,
         )  # fmt: skip
 
-    def _plan_sync(self) -> None:
-        """Ask peers for what their presence says they hold and we lack (protocol/sync.py)."""
-        now = time.monotonic()
-        horizon = 6 * self.values["presence_interval"]
-        views = {
-            name: PeerView(name, info.presence.alive and now - info.last_seen < horizon,
-                           info.presence.held)
-            for name, info in self.peers.items()
-        }  # fmt: skip
-        for req in self.planner.plan(dict(self.durable), views, now):
-            want = Want(self.me, self.run_id, req.node, req.first, req.count)
-            self.transport.publish(Outgoing(self.topics.sync(req.target), encode_want(want)))
-            self.stats.wants_sent += 1
-
-    async def _responder(self) -> None:
-        recent: dict[tuple[str, str, int], float] = {}
-        while not self._closing.is_set():
-            try:
-                async with asyncio.timeout(0.5):
-                    want = await self._wants.get()
-            except TimeoutError:
-                continue
-            key = (want.requester, want.node, want.first)
-            now = time.monotonic()
-            if now - recent.get(key, -1e9) < 1.0:
-                continue  # the same want again within a second: already answered
-            recent[key] = now
-            if len(recent) > 10000:
-                recent.clear()
-            bodies = await self.store.call(
-                self.store.store.frames_for, want.node, want.first, want.count
-            )
-            for body in bodies:
-                self.transport.publish(Outgoing(self.topics.sync(want.requester), body))
-            self.stats.wants_answered += 1
+    def _pending(self) -> int:
+        held = self.session.log.held()
+        own = self.applied.get(self.me, 0)
+        return (
+            self.session.log.pending_count()
+            + sum(max(e - self.applied.get(n, 0), 0) for n, e in held.items() if n != self.me)
+            + max(held.get(self.me, 0) - own, 0)
+        )
 
     # == shutdown ==================================================================================
 
@@ -745,25 +480,23 @@ class Node:
         """Wait for a stop request, then wind down in order: step, flush, publish, disconnect."""
         await self._stop.wait()
         self.phase = "stopping"
-        self.ready = False
-        self._records_ready.set()
+        self._wake_trainer.set()
         await self._trainer_done.wait()
-        self._flush_now.set()
         await self._flusher_done.wait()
         if self._since_snapshot:
             await self._snapshot()  # restart from here instead of replaying the tail
         if self.transport.connected.is_set():
-            self._publish_presence(alive=False)
-            drained = await self.transport.drain(self.values["drain_timeout"])
-            if not drained:
+            self.transport.publish(self._presence(alive=False))
+            if not await self.transport.drain(self.settings.drain_timeout):
                 log.warning(
-                    "%s: %d messages not acknowledged before shutdown; peers will ask for "
-                    "them later",
+                    "%s: %d messages not acknowledged before shutdown; peers will ask for them",
                     self.me,
-                    len(self.transport.outbox),
+                    self.transport.statistics().outbox,
                 )
-        self._closing.set()
         self.transport.close()
+        for task in self._tasks:
+            if task.get_name() != "transport":
+                task.cancel()
 
     async def _teardown(self) -> None:
         self.phase = "stopped"
@@ -777,7 +510,114 @@ class Node:
         if model is not None:
             model.close()
 
-    # == status ====================================================================================
+    # == the StatusSource of the HTTP endpoint ====================================================
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.phase == "running" and self.joined.is_set() and self.transport.connected.is_set()
+        )
+
+    async def status(self, *, fresh: bool) -> NodeStatus:
+        fp, fp_digest, stale = await self.fingerprint(fresh=fresh)
+        now = time.monotonic()
+        log_ = self.session.log
+        ss = self.session.statistics()
+        tr = self.transport.statistics()
+        held = log_.held()
+        ours = sum(held.values())
+        step_rate, rec_rate = self.stats.rates(now)
+        own = self.applied.get(self.me, 0)
+        times = self.stats.step_times
+        return NodeStatus(
+            node=self.me,
+            run=self.manifest.name,
+            run_id=self.session.run_id.hex(),
+            mode="open" if self.manifest.open_mode else "signed",
+            phase=self.phase,
+            ready=self.ready,
+            version_vector=dict(sorted(self.applied.items())),
+            vv_digest=digest(self.applied),
+            fingerprint=fp,
+            fingerprint_vv_digest=fp_digest,
+            fingerprint_stale=stale,
+            records=RecordsStatus(
+                applied=sum(self.applied.values()),
+                held=log_.held_count(),
+                pending=self._pending(),
+                unflushed=len(self._unsealed),
+            ),
+            steps=StepsStatus(
+                taken=own,
+                this_session=self.stats.steps,
+                limit=self.max_steps,
+                done=0 <= self.max_steps <= own,
+                per_s=step_rate,
+                seconds_each=sum(times) / len(times) if times else None,
+            ),
+            records_per_s=rec_rate,
+            loss=LossStatus(recent=self.stats.recent_loss(), first=self.stats.first_loss),
+            peers=[
+                PeerStatus(
+                    node=p.node,
+                    alive=p.alive,
+                    last_seen_s=round(p.last_seen_s, 3),
+                    held=dict(p.held),
+                    records=sum(p.held.values()),
+                    lag=ours - sum(p.held.values()),
+                    steps=p.steps,
+                    loss=p.loss,
+                    http=p.http,
+                )
+                for p in self.session.peers(now)
+            ],
+            broker=BrokerStatus(
+                url=tr.url,
+                state=tr.state,
+                connects=tr.connects,
+                last_error=tr.last_error,
+                outbox=tr.outbox,
+                messages_published=tr.messages_published,
+                messages_received=tr.messages_received,
+                bytes_published=tr.bytes_published,
+                records_published=tr.records_published,
+                frame_bytes_published=tr.frame_bytes_published,
+                payload_bytes_per_record=(
+                    tr.frame_bytes_published / tr.records_published
+                    if tr.records_published
+                    else None
+                ),
+            ),
+            dropped={r: dict(c) for r, c in ss.dropped.items()},
+            dropped_total=ss.dropped_total,
+            duplicates=ss.duplicates,
+            sync=SyncStatus(
+                wants_sent=ss.wants_sent,
+                wants_received=ss.wants_received,
+                wants_answered=ss.wants_answered,
+            ),
+            snapshots=SnapshotStatus(taken=self.stats.snapshots, last=self.stats.last_snapshot),
+            headroom_bits=self.stats.headroom_bits,
+            headroom_warning=self.stats.headroom_bits is not None
+            and self.stats.headroom_bits < 1.0,
+            model_busy=self.model.busy,
+            device=str(self.replica.engine.device),
+            kernel=self.replica.engine.backend.name,
+            uptime_s=round(now - self.stats.started, 3),
+            restored_records=self.stats.restored_records,
+            replayed_records=self.stats.replayed_records,
+            http=self.http_url,
+        )
+
+    def log_page(self, after: OrderKey | None, limit: int) -> LogPage:
+        records = []
+        for r in self.session.log.ordered(after):
+            records.append({"clock": r.clock, "node": r.node, "seq": r.seq, "q": r.q})
+            if len(records) >= limit:
+                break
+        last = records[-1] if len(records) == limit else None
+        cursor = f"{last['clock']}:{last['node']}:{last['seq']}" if last else None
+        return LogPage(records, cursor, self.session.log.held_count())
 
     async def fingerprint(self, *, fresh: bool) -> tuple[str, str, bool]:
         """(fingerprint, digest of the version vector it belongs to, stale?)."""
@@ -786,14 +626,30 @@ class Node:
         if cached_digest == vv_digest:
             return cached, vv_digest, False
         if fresh or not self.model.busy:
-            vv, fp = await self.model.run(self._fingerprint_job)
+            vv, fp = await self.model.run(self.replica.fingerprint)
             self.fingerprint_cache = (digest(vv), fp)
             return fp, digest(vv), False
         return cached, cached_digest, True
 
 
-def check_node_id_setting(node: str) -> None:
+def _route(session: Session, topic: str) -> Route | None:
     try:
-        check_node_id(node)
-    except DecodeError as exc:
-        raise ConfigError(f"--node: {exc}") from exc
+        return session.topics.parse(topic)
+    except DecodeError:
+        return None
+
+
+def _refusal(manifest: Manifest, foreign: ForeignRun) -> str:
+    detail = ""
+    try:
+        other = Manifest.from_dict(foreign.manifest or {})
+        detail = f" (differs in: {', '.join(manifest.differences(other))}"
+        if other.base_hash != manifest.base_hash:
+            detail += f"; their base {other.base_hash[:16]}, ours {manifest.base_hash[:16]}"
+        detail += ")"
+    except SeedswarmError:  # their manifest may be anything; the refusal stands regardless
+        detail = ""
+    return (
+        f"node {foreign.sender} in run {manifest.name!r} runs another manifest{detail}; "
+        f"refusing to join with run id {manifest.run_id().hex()}"
+    )

@@ -156,11 +156,8 @@ def resolve(
     return out
 
 
-# Options that several commands share, defined once.
+# Options of the benchmarks (the commands' own options are fields of settings.py's classes).
 KERNELS = ("auto", "torch", "cpu", "triton")
 DEVICE = Option("device", str, "auto", "auto, cpu, cuda or cuda:N")
 KERNEL = Option("kernel", str, "auto", "sign/apply kernel: " + ", ".join(KERNELS), choices=KERNELS)
 JSON = Option("json", bool, False, "print one JSON object instead of text")
-BASE_OVERRIDE = Option(
-    "model", str, "", "load the base from here instead of the manifest's reference"
-)

@@ -1,6 +1,6 @@
-"""From settings to a run: the options that define a run's manifest, and building it.
+"""From settings to a run: building (or reading) the manifest, the engine, the examples.
 
-Nodes that are given the same run options build the same manifest, hence the same run id,
+Nodes that are given the same run settings build the same manifest, hence the same run id,
 without exchanging a file. A manifest file (``--manifest``) overrides all of them.
 """
 
@@ -9,85 +9,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from seedswarm.model.data import RawData, read
+import torch
+
+from seedswarm.model.data import RawData, read, shard_indices
 from seedswarm.model.engine import Engine, Hyper
 from seedswarm.model.loading import TINY, detect_kind
-from seedswarm.model.tasks import default_task
+from seedswarm.model.tasks import Examples, default_task, prepare
 from seedswarm.protocol.manifest import Manifest, TaskSpec
+from seedswarm.protocol.signing import NodeKey
 
+from .datadir import read_manifest_file
 from .errors import ConfigError
-from .options import Option, non_negative, positive
-
-DEFAULT_DATA = "builtin:patterns"
-
-
-def _exp(v: Any) -> str | None:
-    return None if -60 <= v <= 0 else "must be in [-60, 0]"
-
-
-def _regex(v: Any) -> str | None:
-    try:
-        re.compile(v)
-    except re.error as exc:
-        return f"is not a valid regular expression ({exc})"
-    return None
-
-
-RUN_OPTIONS = (
-    Option("name", str, "default", "run name: the topic namespace nodes meet in"),
-    Option("model", str, TINY, "base model: tiny, minilm, a directory, or a hub id"),
-    Option(
-        "data", str, DEFAULT_DATA, "training data: .txt .jsonl .csv .tsv, hf:REF, builtin:patterns"
-    ),
-    Option(
-        "task",
-        str,
-        "auto",
-        "auto (from the data), causal_lm or classify",
-        choices=("auto", "causal_lm", "classify"),
-    ),
-    Option(
-        "scorer",
-        str,
-        "auto",
-        "how classify scores labels",
-        choices=("auto", "lm", "mlm", "embed", "head"),
-    ),
-    Option("labels", str, "", "class names in label-id order, separated by | or ,"),
-    Option("label_words", str, "", "label words (lm/mlm) or descriptions (embed), separated by |"),
-    Option("template", str, "", "prompt template with {text} (and {mask} for mlm)"),
-    Option("temperature", float, 0.05, "embed scorer temperature", check=positive),
-    Option("seq_len", int, 0, "tokens per example (0: 64 for tiny, else 128)", check=non_negative),
-    Option("lr", float, 0.0, "learning rate (0: the model's default)", check=non_negative),
-    Option("epsilon", float, 1e-3, "perturbation size", check=positive),
-    Option("unit_exp", int, 0, "update unit u = 2**unit_exp (0: the model's default)", check=_exp),
-    Option("headroom_exp", int, 3, "grid headroom: weights may grow 2**headroom_exp times"),
-    Option(
-        "trainable",
-        str,
-        "",
-        "regular expression over parameter names to train (default all)",
-        check=_regex,
-    ),
-    Option(
-        "init_seed",
-        int,
-        0,
-        "seed of randomly initialised parts (tiny model, new heads)",
-        check=non_negative,
-    ),
-    Option(
-        "keys",
-        str,
-        "",
-        "signed run: node=PUBLIC_KEY_HEX pairs separated by commas, or @FILE with one per line",
-    ),
-    Option(
-        "manifest", str, "", "a manifest.json to join instead of building one from these options"
-    ),
-)
+from .settings import RunSettings
 
 # Hyper-parameters measured to learn on each kind of model (see README, "Choosing lr and u").
 PRESETS = {
@@ -114,53 +48,45 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(s.strip() if sep == "," else s for s in text.split(sep))
 
 
-def plan_run(values: dict[str, Any]) -> RunPlan:
-    """Read the data and work out the task and hyper-parameters the options describe."""
-    raw = read(values["data"])
-    if values["manifest"]:
-        from .store import read_manifest_file
-
-        manifest = read_manifest_file(Path(values["manifest"]))
-        return RunPlan(
-            manifest,
-            values["model"] if values["model"] != TINY else manifest.model,
-            None,
-            None,
-            raw,
-        )
-    model = values["model"]
-    preset = PRESETS["tiny" if model == TINY else "default"]
-    task_kind = values["task"]
+def plan_run(run: RunSettings) -> RunPlan:
+    """Read the data and work out the task and hyper-parameters the settings describe."""
+    raw = read(run.data)
+    if run.manifest:
+        manifest = read_manifest_file(Path(run.manifest))
+        model_ref = run.model if run.model != TINY else manifest.model
+        return RunPlan(manifest, model_ref, None, None, raw)
+    preset = PRESETS["tiny" if run.model == TINY else "default"]
+    task_kind = run.task
     if task_kind == "auto":
         task_kind = "classify" if raw.is_classification else "causal_lm"
     if task_kind == "classify" and not raw.is_classification:
         raise ConfigError("--task classify needs data with a 'label' column")
-    seq_len = int(values["seq_len"] or preset["seq_len"])
+    seq_len = int(run.seq_len or preset["seq_len"])
     if task_kind == "causal_lm":
         task = TaskSpec(kind="causal_lm", seq_len=seq_len)
         raw = RawData(raw.texts, None)
     else:
-        scorer = values["scorer"]
+        scorer = run.scorer
         if scorer == "auto":
-            scorer = detect_kind(model)
+            scorer = detect_kind(run.model)
         task = default_task(
             raw,
             scorer=scorer,
             seq_len=seq_len,
-            labels=_split(values["labels"]),
-            label_words=_split(values["label_words"]),
-            template=values["template"],
-            temperature=values["temperature"],
+            labels=_split(run.labels),
+            label_words=_split(run.label_words),
+            template=run.template,
+            temperature=run.temperature,
         )
     hyper = Hyper(
-        epsilon=values["epsilon"],
-        lr=values["lr"] or float(preset["lr"]),
-        unit_exp=values["unit_exp"] or int(preset["unit_exp"]),
-        headroom_exp=values["headroom_exp"],
-        trainable=values["trainable"],
-        init_seed=values["init_seed"],
+        epsilon=run.epsilon,
+        lr=run.lr or float(preset["lr"]),
+        unit_exp=run.unit_exp or int(preset["unit_exp"]),
+        headroom_exp=run.headroom_exp,
+        trainable=run.trainable,
+        init_seed=run.init_seed,
     )
-    return RunPlan(None, model, task, hyper, raw)
+    return RunPlan(None, run.model, task, hyper, raw)
 
 
 def parse_keys(text: str) -> tuple[tuple[str, str], ...]:
@@ -183,23 +109,66 @@ def parse_keys(text: str) -> tuple[tuple[str, str], ...]:
 
 def open_engine(
     plan: RunPlan,
-    values: dict[str, Any],
+    run: RunSettings,
     *,
     device: str,
     kernel: str,
+    kernel_threads: int = 0,
     keys: tuple[tuple[str, str], ...] = (),
 ) -> Engine:
-    keys = keys or parse_keys(values.get("keys", ""))
+    """The run's engine: the manifest's (checked against the base), or a new one."""
+    keys = keys or parse_keys(run.keys)
     if plan.manifest is not None:
-        return Engine.open(plan.manifest, model_ref=plan.model_ref, device=device, kernel=kernel)
+        return Engine.open(
+            plan.manifest,
+            model_ref=plan.model_ref,
+            device=device,
+            kernel=kernel,
+            kernel_threads=kernel_threads,
+        )
     assert plan.task is not None
     assert plan.hyper is not None
     return Engine.build(
-        values["name"],
+        run.name,
         plan.model_ref,
         plan.task,
         plan.hyper,
         keys=keys,
         device=device,
         kernel=kernel,
+        kernel_threads=kernel_threads,
     )
+
+
+def training_examples(plan: RunPlan, engine: Engine, shard: tuple[int, int]) -> Examples:
+    """This node's shard of the training data, prepared for the run's task."""
+    ex = prepare(plan.raw, engine.manifest.task, engine.task_model.tokenizer)
+    return ex.subset(shard_indices(len(ex), shard))
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here (use cpu or auto)")
+    return name
+
+
+def load_key(manifest: Manifest, node: str, key_file: str) -> NodeKey | None:
+    """This node's signing key in a signed run (None in an open run), checked against the
+    public key the manifest lists for it."""
+    keys = dict(manifest.keys)
+    if not keys:
+        return None
+    if node not in keys:
+        raise ConfigError(f"node {node} is not one of the run's writers ({', '.join(keys)})")
+    if not key_file:
+        raise ConfigError("this run is signed: give this node's private key with --key-file")
+    try:
+        text = Path(key_file).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--key-file {key_file}: {exc.strerror}") from exc
+    key = NodeKey.from_hex(text)
+    if key.public_hex() != keys[node]:
+        raise ConfigError(f"--key-file {key_file} is not the key the run lists for {node}")
+    return key

@@ -8,7 +8,9 @@ them; otherwise the node ignores it and replays the log from the base.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from seedswarm.model.replica import Replica
+from seedswarm.protocol.vv import dominates
+
 from .errors import StoreError
+
+log = logging.getLogger("seedswarm.snapshots")
 
 KEEP = 2
 
@@ -100,3 +107,29 @@ def load_tensors(info: SnapshotInfo) -> dict[str, torch.Tensor]:
         return load_file(str(info.path))
     except (OSError, SafetensorError) as exc:
         raise StoreError(f"snapshot {info.path} is unreadable: {exc}") from exc
+
+
+def restore(replica: Replica, directory: Path, held: Mapping[str, int]) -> int:
+    """Load the newest trustworthy snapshot into ``replica``; returns how many records it holds.
+
+    A snapshot is used only if the log holds everything it contains and its weights hash to
+    the fingerprint written with them; otherwise the replica stays at the base (and replays).
+    Runs on the model thread.
+    """
+    info = latest(directory, replica.engine.run_id.hex())
+    if info is None:
+        return 0
+    if not dominates(held, info.version_vector):
+        log.warning("snapshot %s is ahead of the log; ignoring it", info.path.name)
+        return 0
+    try:
+        tensors = load_tensors(info)
+    except StoreError as exc:
+        log.warning("snapshot %s unusable (%s); replaying from the base", info.path.name, exc)
+        return 0
+    if not replica.load(tensors, info.version_vector, info.fingerprint):
+        log.warning(
+            "snapshot %s does not match its fingerprint; replaying from the base", info.path.name
+        )
+        return 0
+    return info.records

@@ -16,7 +16,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,41 +24,10 @@ import aiohttp
 
 from .broker import EmbeddedBroker, free_ports
 from .console import emit_json, say, table
+from .datadir import DataDir, read_manifest_file
 from .errors import ConfigError
-from .options import KERNEL, Option, non_negative, positive, steps_limit
-
-SWARM_OPTIONS = (
-    Option("nodes", int, 3, "how many nodes to start", check=positive),
-    Option("broker", str, "", "use this broker instead of the embedded one (mqtt://host:port)"),
-    Option("dir", str, "", "where the nodes keep their data (default: ./swarm-<run name>)"),
-    Option("fresh", bool, False, "delete the swarm directory first"),
-    Option(
-        "steps",
-        int,
-        -1,
-        "own steps per node; the swarm ends once all are done and agree (-1: run until Ctrl+C)",
-        check=steps_limit,
-    ),
-    Option("batch_size", int, 16, "examples per forward pass", check=positive),
-    Option("device", str, "cpu", "device of every node: cpu, cuda, cuda:N, auto"),
-    KERNEL,
-    Option(
-        "torch_threads", int, 1, "torch threads per node (0: torch's default)", check=non_negative
-    ),
-    Option("signed", bool, False, "give every node an Ed25519 key and sign every frame"),
-    Option("timeout", float, 0.0, "give up after this many seconds (0: never)", check=non_negative),
-    Option(
-        "settle",
-        float,
-        30.0,
-        "after Ctrl+C, seconds the nodes may take to apply the last records and agree",
-        check=non_negative,
-    ),
-    Option(
-        "presence_interval", float, 1.0, "seconds between the nodes' heartbeats", check=positive
-    ),
-    Option("json", bool, False, "print the nodes' final status as one JSON object"),
-)
+from .settings import SwarmSettings
+from .status import NodeStatus
 
 
 @dataclass(slots=True)
@@ -67,25 +36,25 @@ class Member:
     data_dir: Path
     http: str
     proc: asyncio.subprocess.Process | None = None
-    status: dict[str, Any] = field(default_factory=dict)
+    status: NodeStatus | None = None
     log_path: Path = Path()
 
 
-def run_swarm(values: dict[str, Any]) -> int:
+def run_swarm(settings: SwarmSettings) -> int:
     import uvloop
 
-    return uvloop.run(Swarm(values).run())
+    return uvloop.run(Swarm(settings).run())
 
 
 class Swarm:
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.values = values
+    def __init__(self, settings: SwarmSettings) -> None:
+        self.s = settings
         self.members: list[Member] = []
         self.broker: EmbeddedBroker | None = None
         self._broker_port = 0  # chosen with the members' ports (0: amqtt picks its own)
         self._stop = asyncio.Event()
         self._hurry = asyncio.Event()  # a second Ctrl+C: skip the settling
-        self.quiet = values["json"]
+        self.quiet = settings.json
 
     def _on_signal(self) -> None:
         if self._stop.is_set():
@@ -120,13 +89,13 @@ class Swarm:
 
         from .runspec import open_engine, plan_run
 
-        v = self.values
-        base = await asyncio.to_thread(Path(v["dir"] or f"swarm-{v['name']}").resolve)
-        await asyncio.to_thread(_reset_dir, base, v["fresh"])
-        names = [f"n{i}" for i in range(v["nodes"])]
+        s = self.s
+        base = await asyncio.to_thread(Path(s.dir or f"swarm-{s.run.name}").resolve)
+        await asyncio.to_thread(_reset_dir, base, s.fresh)
+        names = [f"n{i}" for i in range(s.nodes)]
         keys: list[tuple[str, str]] = []
         key_files: dict[str, Path] = {}
-        if v["signed"]:
+        if s.signed:
             for name in names:
                 key_path = base / name / "node.key"
                 key_path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,23 +107,22 @@ class Swarm:
                     key_path.chmod(0o600)
                 keys.append((name, key.public_hex()))
                 key_files[name] = key_path
-        say(f"building the run (model {v['model']}, data {v['data']})...", quiet=self.quiet)
-        plan = await asyncio.to_thread(plan_run, v)
+        say(f"building the run (model {s.run.model}, data {s.run.data})...", quiet=self.quiet)
+        plan = await asyncio.to_thread(plan_run, s.run)
         engine = await asyncio.to_thread(
-            open_engine, plan, v, device="cpu", kernel="torch", keys=tuple(keys)
+            open_engine, plan, s.run, device="cpu", kernel="torch", keys=tuple(keys)
         )
         manifest = engine.manifest
-        manifest_path = base / "manifest.json"
+        manifest_path = DataDir(base).manifest_path
         if manifest_path.exists():
-            from .store import read_manifest_file
-
             old = read_manifest_file(manifest_path)
             if old.run_id() != manifest.run_id():
                 raise ConfigError(
                     f"{base} holds another run (differs in: {', '.join(old.differences(manifest))}); "
                     "use --fresh to start over or --dir for a new directory"
                 )
-        manifest_path.write_text(manifest.to_json())
+        else:
+            await asyncio.to_thread(DataDir(base).write_manifest, manifest)
         # every port at once, the embedded broker's too, so no two of them can coincide
         *member_ports, self._broker_port = free_ports(len(names) + 1)
         for name, port in zip(names, member_ports, strict=True):
@@ -169,15 +137,15 @@ class Swarm:
         return manifest_path
 
     async def _start_broker(self) -> str:
-        if self.values["broker"]:
-            return str(self.values["broker"])
+        if self.s.broker:
+            return self.s.broker
         self.broker = EmbeddedBroker(port=self._broker_port)
         await self.broker.start()
         say(f"embedded MQTT broker (amqtt) at {self.broker.url}", quiet=self.quiet)
         return self.broker.url
 
     async def _start_nodes(self, manifest: Path, broker: str) -> None:
-        v = self.values
+        s = self.s
         n = len(self.members)
         for i, m in enumerate(self.members):
             args = [
@@ -188,9 +156,9 @@ class Swarm:
                 "--manifest",
                 str(manifest),
                 "--data",
-                v["data"],
+                s.run.data,
                 "--model",
-                v["model"],
+                s.run.model,
                 "--node",
                 m.name,
                 "--shard",
@@ -202,23 +170,22 @@ class Swarm:
                 "--broker",
                 broker,
                 "--steps",
-                str(v["steps"]),
+                str(s.steps),
                 "--batch-size",
-                str(v["batch_size"]),
+                str(s.batch_size),
                 "--device",
-                v["device"],
+                s.device,
                 "--kernel",
-                v["kernel"],
+                s.kernel,
                 "--torch-threads",
-                str(v["torch_threads"]),
+                str(s.torch_threads),
                 "--presence-interval",
-                str(v["presence_interval"]),
+                str(s.presence_interval),
             ]
             if m.name in self._key_files:
                 args += ["--key-file", str(self._key_files[m.name])]
             env = dict(
                 os.environ,
-                SEEDSWARM_KERNEL_THREADS=str(max(v["torch_threads"], 1)),
                 SEEDSWARM_PARENT_PID=str(os.getpid()),  # the nodes stop if the launcher dies
             )
             log_fh = m.log_path.open("ab")
@@ -247,12 +214,12 @@ class Swarm:
                 url, timeout=aiohttp.ClientTimeout(total=30 if fresh else 5)
             ) as resp:
                 if resp.status == 200:
-                    m.status = await resp.json()
-        except (aiohttp.ClientError, TimeoutError):
+                    m.status = NodeStatus.from_json(await resp.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             pass
 
     async def _watch(self) -> int:
-        v = self.values
+        s = self.s
         t0 = time.monotonic()
         last_print = 0.0
         tty = sys.stderr.isatty() and not self.quiet
@@ -276,18 +243,18 @@ class Swarm:
                 elif now - last_print >= 5.0:
                     self._line(now - t0)
                     last_print = now
-                if v["steps"] >= 0 and self._all_done():
+                if s.steps >= 0 and self._all_done():
                     await asyncio.gather(
                         *(self._poll(session, m, fresh=True) for m in self.members)
                     )
                     if self._all_done() and self._agreed():
                         say(
-                            f"all {len(self.members)} nodes took {v['steps']} steps and agree",
+                            f"all {len(self.members)} nodes took {s.steps} steps and agree",
                             quiet=self.quiet,
                         )
                         return 0
-                if v["timeout"] and now - t0 > v["timeout"]:
-                    say(f"timed out after {v['timeout']:.0f}s", quiet=self.quiet)
+                if s.timeout and now - t0 > s.timeout:
+                    say(f"timed out after {s.timeout:.0f}s", quiet=self.quiet)
                     return 1
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
@@ -308,7 +275,7 @@ class Swarm:
             "(Ctrl+C again to stop at once)",
             quiet=self.quiet,
         )
-        deadline = time.monotonic() + self.values["settle"]
+        deadline = time.monotonic() + self.s.settle
         while True:
             await asyncio.gather(*(self._poll(session, m) for m in self.members))
             if self._same_records():  # only then is a weight hash on every node worth its time
@@ -319,45 +286,54 @@ class Swarm:
                 async with asyncio.timeout(0.5):
                     await self._hurry.wait()
 
+    def _statuses(self) -> list[NodeStatus] | None:
+        sts = [m.status for m in self.members]
+        return None if any(st is None for st in sts) else [st for st in sts if st is not None]
+
     def _same_records(self) -> bool:
         """Every node is done stepping, has nothing pending, and all hold the same records."""
-        sts = [m.status for m in self.members]
-        return all(_finished(st) for st in sts) and len({st["vv_digest"] for st in sts}) == 1
+        sts = self._statuses()
+        return (
+            sts is not None
+            and all(st.finished for st in sts)
+            and len({st.vv_digest for st in sts}) == 1
+        )
 
     def _agreed(self) -> bool:
         """The same records everywhere, and one weight fingerprint, current for those records."""
-        sts = [m.status for m in self.members]
+        sts = self._statuses()
         return (
-            self._same_records()
-            and all(st["fingerprint_vv_digest"] == st["vv_digest"] for st in sts)
-            and len({st["fingerprint"] for st in sts}) == 1
+            sts is not None
+            and self._same_records()
+            and all(st.fingerprint_vv_digest == st.vv_digest for st in sts)
+            and len({st.fingerprint for st in sts}) == 1
         )
 
     def _all_done(self) -> bool:
         """The same records everywhere, and they are every node's --steps own steps."""
-        steps = self.values["steps"]
+        steps = self.s.steps
         want = {m.name: steps for m in self.members if steps > 0}
-        return self._same_records() and self.members[0].status["version_vector"] == want
+        first = self.members[0].status
+        return self._same_records() and first is not None and first.version_vector == want
 
     def _rows(self) -> list[list[Any]]:
         rows: list[list[Any]] = []
         for m in self.members:
             st = m.status
-            if not st:
+            if st is None:
                 rows.append([m.name, "starting", "-", "-", "-", "-", "-"])
                 continue
-            loss = st["loss"]
-            first = "-" if loss["first"] is None else f"{loss['first']:.3f}"
-            recent = "-" if loss["recent"] is None else f"{loss['recent']:.3f}"
+            first = "-" if st.loss.first is None else f"{st.loss.first:.3f}"
+            recent = "-" if st.loss.recent is None else f"{st.loss.recent:.3f}"
             rows.append(
                 [
                     m.name,
-                    st["phase"] if st["ready"] else "joining",
-                    st["steps"]["taken"],
+                    st.phase if st.ready else "joining",
+                    st.steps.taken,
                     f"{first} -> {recent}",
-                    st["records"]["applied"],
-                    st["fingerprint"][:12],
-                    len([p for p in st["peers"] if p["alive"]]),
+                    st.records.applied,
+                    st.fingerprint[:12],
+                    len([p for p in st.peers if p.alive]),
                 ]
             )
         return rows
@@ -371,7 +347,7 @@ class Swarm:
         out = sys.stderr
         if redraw:
             out.write(f"\x1b[{lines}F\x1b[J")
-        out.write(f"swarm {self.values['name']} ({self.run_id})  {elapsed:.0f}s\n{text}\n")
+        out.write(f"swarm {self.s.run.name} ({self.run_id})  {elapsed:.0f}s\n{text}\n")
         out.flush()
 
     def _line(self, elapsed: float) -> None:
@@ -412,9 +388,9 @@ class Swarm:
         return clean
 
     def _report(self, code: int) -> None:
-        prints = {m.status.get("fingerprint") for m in self.members if m.status}
-        agree = len(prints) == 1 and all(m.status for m in self.members)
-        if self.values["json"]:
+        prints = {m.status.fingerprint for m in self.members if m.status is not None}
+        agree = len(prints) == 1 and all(m.status is not None for m in self.members)
+        if self.s.json:
             emit_json(
                 {
                     "ok": code == 0,
@@ -424,7 +400,7 @@ class Swarm:
                     "fingerprint": next(iter(prints)) if agree else None,
                     "nodes": [
                         dict(
-                            m.status,
+                            m.status.to_json() if m.status is not None else {},
                             data_dir=str(m.data_dir),
                             log=str(m.log_path),
                             exit_code=m.proc.returncode if m.proc else None,
@@ -452,11 +428,6 @@ class Swarm:
         if agree:
             say(f"all nodes agree: fingerprint {next(iter(prints))}")
         say(f"replay any node with: seedswarm replay {self.members[0].data_dir} --out model")
-
-
-def _finished(st: dict[str, Any]) -> bool:
-    """A node's /status says it takes no more steps and has nothing left to apply."""
-    return bool(st) and st["steps"]["done"] and not st["records"]["pending"]
 
 
 def _reset_dir(base: Path, fresh: bool) -> None:

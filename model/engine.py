@@ -100,6 +100,7 @@ class Engine:
         device: torch.device,
         kernel: str,
         grids: Sequence[TensorGrid] | None = None,
+        kernel_threads: int = 0,
     ) -> None:
         """``grids``: the grids already chosen for these weights (by a probe that snapped them).
 
@@ -131,7 +132,7 @@ class Engine:
             snap_(p.data, grid.exp)
         # all trainable weights become views of one buffer: every update is one kernel call
         self.flat, self.layout = pack_([p for _, p in self.trainable], self.grids)
-        self.backend: Backend = make_backend(kernel, device)
+        self.backend: Backend = make_backend(kernel, device, threads=kernel_threads)
         self.numel = sum(g.numel for g in self.grids)
 
     # -- construction ------------------------------------------------------------------------
@@ -146,6 +147,7 @@ class Engine:
         keys: Sequence[tuple[str, str]] = (),
         device: torch.device | str = "cpu",
         kernel: str = "auto",
+        kernel_threads: int = 0,
         loaded: Loaded | None = None,
     ) -> Engine:
         """A new run: load the base, snap it to its grids, and write the manifest around it."""
@@ -169,7 +171,7 @@ class Engine:
         tm = TaskModel(loaded, task, init_seed=hyper.init_seed)
         engine = Engine(draft, tm, device=torch.device("cpu"), kernel="torch")
         manifest = draft.replace(base_hash=engine.base_hash())
-        return Engine._finish(manifest, tm, device, kernel, engine.grids)
+        return Engine._finish(manifest, tm, device, kernel, engine.grids, kernel_threads)
 
     @staticmethod
     def open(
@@ -178,6 +180,7 @@ class Engine:
         model_ref: str | None = None,
         device: torch.device | str = "cpu",
         kernel: str = "auto",
+        kernel_threads: int = 0,
     ) -> Engine:
         """Join a run: load the base the manifest names and check it is the same, bit for bit."""
         kind = _backbone_kind(manifest.task)
@@ -190,7 +193,7 @@ class Engine:
                 f"base model mismatch: {model_ref or manifest.model} hashes to {got[:16]} after "
                 f"snapping, the run's base is {manifest.base_hash[:16]}; refusing to join"
             )
-        return Engine._finish(manifest, tm, device, kernel, probe.grids)
+        return Engine._finish(manifest, tm, device, kernel, probe.grids, kernel_threads)
 
     @staticmethod
     def _finish(
@@ -199,10 +202,13 @@ class Engine:
         device: torch.device | str,
         kernel: str,
         grids: Sequence[TensorGrid],
+        kernel_threads: int,
     ) -> Engine:
         dev = torch.device(device)
         tm.to(dev)
-        return Engine(manifest, tm, device=dev, kernel=kernel, grids=grids)
+        return Engine(
+            manifest, tm, device=dev, kernel=kernel, grids=grids, kernel_threads=kernel_threads
+        )
 
     # -- hashes --------------------------------------------------------------------------------
 

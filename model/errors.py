@@ -11,7 +11,3 @@ class ModelError(SeedswarmError):
 
 class DataError(ModelError):
     """A data file is missing, unreadable, or not in a supported shape."""
-
-
-class GridRangeError(ModelError):
-    """A weight left the exact range of its grid: replicas can no longer be bit-identical."""

@@ -16,7 +16,6 @@ Backends, all bit-identical (tests/unit/model/test_kernels.py):
 from __future__ import annotations
 
 import math
-import os
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ import torch
 from seedswarm.protocol.philox import BLOCK
 
 from .errors import ModelError
-from .layout import FlatLayout
+from .layout import FlatLayout, single_tensor
 from .signs import philox_words, seed_keys
 
 
@@ -105,31 +104,6 @@ class TorchBackend:
         steps: npt.NDArray[np.int32],
     ) -> None:
         _flat_by_tensor(self, flat, layout, seeds, steps)
-
-
-def single_tensor(
-    numel: int,
-    tensor_id: int,
-    scale: float,
-    seeds: Sequence[int],
-    steps: Sequence[int],
-    device: torch.device | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], npt.NDArray[np.int32]] | None:
-    """The packed-kernel arguments for one tensor: a one-column layout.
-
-    Every block is column 0 of the steps and scales; the kernel names the tensor
-    ``id_base + column`` in the Philox counter, so the caller passes ``id_base = tensor_id``.
-    None when there is nothing to do.
-    """
-    pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
-    if not pairs or numel == 0:
-        return None
-    nb = -(-numel // BLOCK)
-    matrix = np.array([[k] for _, k in pairs], dtype=np.int32)
-    scales = torch.tensor([scale], dtype=torch.float32, device=device)
-    block_tensor = torch.zeros(nb, dtype=torch.int32, device=device)
-    block_local = torch.arange(nb, dtype=torch.int32, device=device)
-    return block_tensor, block_local, scales, [s for s, _ in pairs], matrix
 
 
 def _flat_by_tensor(
@@ -244,8 +218,9 @@ def available_backends(device: torch.device) -> list[str]:
     return names
 
 
-def make_backend(name: str, device: torch.device) -> Backend:
-    """``auto`` picks the fastest backend available for ``device``."""
+def make_backend(name: str, device: torch.device, *, threads: int = 0) -> Backend:
+    """``auto`` picks the fastest backend available for ``device``; ``threads``: the C
+    kernel's threads (0: torch's thread count)."""
     if name == "auto":
         name = available_backends(device)[-1]
     if name == "torch":
@@ -253,8 +228,7 @@ def make_backend(name: str, device: torch.device) -> Backend:
     if name == "cpu":
         if device.type != "cpu":
             raise ModelError("the cpu kernel runs on CPU tensors only")
-        threads = int(os.environ.get("SEEDSWARM_KERNEL_THREADS", "0")) or None
-        return CpuKernelBackend(threads)
+        return CpuKernelBackend(threads or None)
     if name == "triton":
         if device.type != "cuda":
             raise ModelError("the triton kernel runs on CUDA tensors only")

@@ -131,3 +131,28 @@ def pack_(
         unit_shift=np.array([g.unit_shift for g in grids], dtype=np.int64),
     )
     return flat, layout
+
+
+def single_tensor(
+    numel: int,
+    tensor_id: int,
+    scale: float,
+    seeds: Sequence[int],
+    steps: Sequence[int],
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], npt.NDArray[np.int32]] | None:
+    """The packed-kernel arguments for one tensor: a one-column layout.
+
+    Every block is column 0 of the steps and scales; the kernel names the tensor
+    ``id_base + column`` in the Philox counter, so the caller passes ``id_base = tensor_id``.
+    None when there is nothing to do.
+    """
+    pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
+    if not pairs or numel == 0:
+        return None
+    nb = -(-numel // BLOCK)
+    matrix = np.array([[k] for _, k in pairs], dtype=np.int32)
+    scales = torch.tensor([scale], dtype=torch.float32, device=device)
+    block_tensor = torch.zeros(nb, dtype=torch.int32, device=device)
+    block_local = torch.arange(nb, dtype=torch.int32, device=device)
+    return block_tensor, block_local, scales, [s for s, _ in pairs], matrix

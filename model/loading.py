@@ -16,7 +16,7 @@ differ only by the perturbation (no dropout).
 from __future__ import annotations
 
 import contextlib
-import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +87,19 @@ def detect_kind(ref: str) -> str:
     return "embed"
 
 
+# transformers resolves its names lazily, and that is not thread-safe: two threads loading at
+# once (several replicas in one process, each on its own model thread) can see a half-set-up
+# module. Loading is rare and slow anyway, so one at a time.
+_LOAD_LOCK = threading.Lock()
+
+
 def load(ref: str, *, kind: str | None = None, init_seed: int = 0) -> Loaded:
     """Load model and tokenizer in fp32 on the CPU, in eval mode, without gradients."""
+    with _LOAD_LOCK:
+        return _load(ref, kind, init_seed)
+
+
+def _load(ref: str, kind: str | None, init_seed: int) -> Loaded:
     if ref == TINY:
         model, tok = tiny_model(init_seed), byte_tokenizer()
         return _finish(Loaded(model, tok, "lm", TINY))
@@ -154,9 +165,9 @@ def hf_logging_module() -> Any:
 
 
 def quiet_libraries() -> None:
-    """For a whole process (the CLI, a benchmark's spawned child): no tokenizer fork warnings,
-    no transformers warnings below errors, no progress bars."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """For a whole process (the CLI, a benchmark's spawned child): no transformers warnings
+    below errors, no progress bars. (The CLI also turns off the tokenizers' fork warning,
+    which is an environment variable.)"""
     hf = hf_logging_module()
     hf.set_verbosity_error()
     hf.disable_progress_bar()

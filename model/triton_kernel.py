@@ -17,7 +17,6 @@ one tensor). A program handles ``TILE`` sign blocks of 128 elements:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,8 +24,7 @@ import numpy.typing as npt
 import torch
 
 from .errors import ModelError
-from .kernels import single_tensor
-from .layout import FlatLayout
+from .layout import FlatLayout, single_tensor
 
 try:  # Triton is optional: present with CUDA builds of torch, absent on CPU-only hosts.
     import triton
@@ -140,9 +138,9 @@ class TritonBackend:
         if not triton_available():
             raise ModelError("Triton with a CUDA device is needed for the triton kernel")
         # blocks and warps per program; 256 x 8 measured best on an H100 (16 records: 3.3x one
-        # pass, against 6.9x at 32 x 4); SEEDSWARM_TRITON_TILE / _WARPS override for tuning
-        self.tile = tile or int(os.environ.get("SEEDSWARM_TRITON_TILE", "256"))
-        self.warps = warps or int(os.environ.get("SEEDSWARM_TRITON_WARPS", "8"))
+        # pass, against 6.9x at 32 x 4); pass others for tuning
+        self.tile = tile or 256
+        self.warps = warps or 8
 
     def accumulate(
         self,

@@ -1,6 +1,6 @@
 """Canonical msgpack: one byte string per value, so hashes and signatures agree everywhere.
 
-Rules (docs/PROTOCOL.md §2): maps are written with keys sorted by their UTF-8 bytes, integers
+Rules (docs/PROTOCOL.md §1): maps are written with keys sorted by their UTF-8 bytes, integers
 in their shortest msgpack form, floats as float64, strings as str and byte strings as bin.
 ``msgpack.packb`` already writes the shortest integer forms and float64 for Python floats, so
 sorting map keys is all that is left to do.

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .errors import ConflictError, ProtocolError
-from .records import Frame, Record, byte_to_q, q_to_byte
+from .records import Frame, Record, byte_to_q
 
 OrderKey = tuple[int, str, int]  # (clock, node, seq)
 
@@ -216,29 +216,31 @@ class OrderedLog:
         )
         return Offered(records, len(frame.qs) - len(new), n.next_seq > start)
 
-    def add_own(self, node: str, qs: list[int], clock: int) -> Frame:
-        """Append a node's own new records (it is their author); returns them as a frame body.
+    def add_own(self, frame: Frame) -> None:
+        """Append a node's own new records: it is their author, so nobody else's copy counts.
 
-        The caller signs and publishes the frame; this only keeps the log consistent.
+        ``frame`` must start at the node's prefix, and its clock may not go below the last
+        own record's. Raises ``ConflictError`` and changes nothing otherwise.
         """
-        n = self._nodes.get(node)
+        n = self._nodes.get(frame.node)
         if n is None:
             n = _NodeLog()
         if n.pending:
-            raise ConflictError(f"records of {node} beyond a gap exist: own seq would collide")
-        first = n.next_seq
-        frame_qs = bytes(q_to_byte(q) for q in qs)
-        last = n.clock_of(first - 1) if first else None
-        if last is not None and clock < last:
+            raise ConflictError(
+                f"records of {frame.node} beyond a gap exist: own seq would collide"
+            )
+        if frame.first_seq != n.next_seq:
+            raise ConflictError(
+                f"own frame starts at {frame.first_seq}, the prefix ends at {n.next_seq}"
+            )
+        last = n.clock_of(n.next_seq - 1) if n.next_seq else None
+        if last is not None and frame.clock < last:
             raise ConflictError("own clock went backwards", reason="clock_regression")
-        # Validate (count, seq and clock ranges, node id) before changing anything.
-        frame = Frame(b"\0" * 8, node, first, clock, frame_qs)
-        self._nodes[node] = n
-        for b in frame_qs:
-            n.append(b, clock)
-        self._held_total += len(frame_qs)
-        self._max_clock = max(self._max_clock, clock)
-        return frame
+        self._nodes[frame.node] = n
+        for b in frame.qs:
+            n.append(b, frame.clock)
+        self._held_total += frame.count
+        self._max_clock = max(self._max_clock, frame.clock)
 
     # -- total order -------------------------------------------------------------------------
 

@@ -456,12 +456,13 @@ def test_auth_variant_passwords_and_write_acls(built: Built) -> None:
             pub() { mosquitto_pub -h 127.0.0.1 -p $port -q 1 -r "$@"; }
             pub -u node1 -P "$P1" -t seedswarm/acl-a/records/node2 -m forged
             pub -u node1 -P "$P1" -t seedswarm/acl-b/presence/node2 -m forged
+            pub -u node1 -P "$P1" -t seedswarm/acl-f/sync/node2/node3 -m forged
             pub -u node2 -P "$P2" -t seedswarm/acl-c/records/node2 -m own
-            pub -u node1 -P "$P1" -t seedswarm/acl-d/sync/node2 -m want
+            pub -u node1 -P "$P1" -t seedswarm/acl-d/sync/node2/node1 -m want
             pub -u node1 -P "$P1" -t seedswarm/acl-e/presence/node1 -m own
-            for run in a b c d e; do set -- "$@" -t "seedswarm/acl-$run/#"; done
-            # the retained messages, in the order of the filters: a forged one (acl-a, acl-b)
-            # would come first, so the first three decide; -W is only a safety net
+            for run in a b f c d e; do set -- "$@" -t "seedswarm/acl-$run/#"; done
+            # the retained messages, in the order of the filters: a forged one (acl-a, acl-b,
+            # acl-f) would come first, so the first three decide; -W is only a safety net
             mosquitto_sub -h 127.0.0.1 -p $port -u node3 -P "$P3" "$@" -v -C 3 -W 120 || true
         """
         out = docker(
@@ -472,10 +473,10 @@ def test_auth_variant_passwords_and_write_acls(built: Built) -> None:
         lines = out.splitlines()
         assert "anonymous: refused" in lines, out
         assert "wrong password: refused" in lines, out
-        # node1 may not write node2's records or presence; anyone may write sync topics
+        # node1 may not write node2's records or presence, nor sync messages in node3's name
         assert sorted(line for line in lines if line.startswith("seedswarm/")) == [
             "seedswarm/acl-c/records/node2 own",
-            "seedswarm/acl-d/sync/node2 want",
+            "seedswarm/acl-d/sync/node2/node1 want",
             "seedswarm/acl-e/presence/node1 own",
         ], out
     t.notes.append("auth: anonymous and wrong passwords refused; per-node write ACLs hold")

@@ -6,14 +6,16 @@ eval, settings from flags / environment / config file, and one-line errors.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from seedswarm.daemon.datadir import DataDir, read_manifest_file
+from seedswarm.protocol.codec import encode_frame
+from seedswarm.protocol.records import Frame
 
 from ..helpers import cli, cli_json, env
 
@@ -21,11 +23,9 @@ pytestmark = [pytest.mark.slow]
 
 
 def _records(run_dir: Path) -> list[tuple[str, int, int, int]]:
-    db = sqlite3.connect(run_dir / "log.sqlite")
-    try:
-        return list(db.execute("SELECT node, seq, q, clock FROM records ORDER BY node, seq"))
-    finally:
-        db.close()
+    """The run directory's log, read back from its SQLite file as replay reads it."""
+    _, log = DataDir(run_dir).load()
+    return [(r.node, r.seq, r.q, r.clock) for r in log.ordered()]
 
 
 def test_train_is_deterministic_and_replay_rebuilds_it(tmp_path: Path) -> None:
@@ -48,10 +48,11 @@ def test_replay_applies_only_contiguous_prefixes(tmp_path: Path) -> None:
     """Records stored beyond a gap (a swarm node got seq 5.. of a peer but not 0..4) are
     left out of the replay: the weights must match the version vector the replay reports."""
     run = cli_json("train", "--steps", "20", "--out", str(tmp_path / "run"))
-    with contextlib.closing(sqlite3.connect(tmp_path / "run" / "log.sqlite")) as db, db:
-        db.executemany(
-            "INSERT INTO records VALUES (?, ?, ?, ?)", [("peer", seq, 100, 1) for seq in (5, 6, 7)]
-        )
+    manifest = read_manifest_file(tmp_path / "run" / "manifest.json")
+    store = DataDir(tmp_path / "run").open_store(manifest)
+    beyond = Frame(manifest.run_id(), "peer", 5, 1, bytes([100] * 3))
+    store.append([(beyond, encode_frame(beyond))])
+    store.close()
     out = cli_json("replay", str(tmp_path / "run"), "--order", "shuffled")
     assert out["fingerprint"] == run["fingerprint"]
     assert out["records"] == 20

@@ -1,4 +1,4 @@
-"""The log store on real SQLite files: durability across reopen, duplicates, equivocation."""
+"""The log store on real SQLite files: durability across reopen, duplicates, a tampered file."""
 
 from __future__ import annotations
 
@@ -8,24 +8,33 @@ from pathlib import Path
 import pytest
 
 from seedswarm.daemon.errors import StoreError
-from seedswarm.daemon.store import LogStore
+from seedswarm.daemon.store import SqliteLogStore
 from seedswarm.protocol.codec import encode_frame
 from seedswarm.protocol.log import OrderedLog
+from seedswarm.protocol.manifest import Manifest, TaskSpec
 from seedswarm.protocol.records import Frame, Record
 
-RUN = b"\x01" * 8
+MANIFEST = Manifest(name="t", model="tiny", base_hash="0" * 64, task=TaskSpec(kind="causal_lm"))
+RUN = MANIFEST.run_id()
 
 
-def _frame(node: str, first: int, qs: list[int], clock: int = 1) -> Frame:
-    return Frame(RUN, node, first, clock, bytes(q & 0xFF for q in qs))
+def _frame(node: str, first: int, qs: list[int], clock: int = 1) -> tuple[Frame, bytes]:
+    f = Frame(RUN, node, first, clock, bytes(q & 0xFF for q in qs))
+    return f, encode_frame(f)
+
+
+def _store(path: Path) -> SqliteLogStore:
+    store = SqliteLogStore(path)
+    store.bind(MANIFEST)
+    return store
 
 
 def test_records_survive_reopen_in_total_order(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite"
-    store = LogStore(path)
+    store = _store(path)
     store.append([_frame("b", 0, [1, -2], clock=1), _frame("a", 0, [3], clock=2)])
     store.close()
-    store = LogStore(path)
+    store = _store(path)
     try:
         log = OrderedLog()
         assert store.load_log(log) == 3
@@ -35,39 +44,80 @@ def test_records_survive_reopen_in_total_order(tmp_path: Path) -> None:
             Record("b", 1, -2, 1),
             Record("a", 0, 3, 2),
         ]
-        # the frames themselves are kept, as encoded, for gap filling
-        assert store.frames_for("b", 0, 2) == [encode_frame(_frame("b", 0, [1, -2], clock=1))]
+        # each frame is kept once, exactly as it was received, for gap filling
+        assert store.frames_for("b", 0, 2) == [_frame("b", 0, [1, -2], clock=1)[1]]
         assert store.frames_for("b", 2, 1) == []
+        rows = sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall()
+        assert {r[0] for r in rows} >= {"frames", "meta"}
+        assert "records" not in {r[0] for r in rows}  # no second copy of every record
     finally:
         store.close()
 
 
-def test_a_duplicate_is_ignored_and_a_different_byte_refused(tmp_path: Path) -> None:
-    store = LogStore(tmp_path / "log.sqlite")
+def test_overlapping_equal_frames_load_once(tmp_path: Path) -> None:
+    store = _store(tmp_path / "log.sqlite")
     try:
         store.append([_frame("a", 0, [5, 6, 7])])
-        store.append([_frame("a", 1, [6, 7], clock=3)])  # the same bytes again: nothing changes
-        assert store.count() == 3
-        with pytest.raises(StoreError, match="equivocation"):
-            # a new record and a conflicting one in one batch: the whole batch is refused
-            store.append([_frame("b", 0, [1]), _frame("a", 2, [-7])])
+        store.append([_frame("a", 0, [5, 6, 7])])  # the same frame again: stored once
+        store.append([_frame("a", 2, [7, 8])])  # overlaps with the same byte, adds one record
         log = OrderedLog()
-        store.load_log(log)
-        assert [r.q for r in log.ordered() if r.node == "a"] == [5, 6, 7]
-        assert store.count() == 3
+        assert store.load_log(log) == 4
+        assert [r.q for r in log.ordered()] == [5, 6, 7, 8]
+        assert store.frames_for("a", 0, 4) == [
+            _frame("a", 0, [5, 6, 7])[1],
+            _frame("a", 2, [7, 8])[1],
+        ]
     finally:
         store.close()
 
 
-def test_the_file_itself_refuses_to_rewrite_a_record(tmp_path: Path) -> None:
-    """The guard lives in the database file, so another writer cannot change a byte either."""
+def test_a_file_whose_frames_contradict_each_other_is_refused(tmp_path: Path) -> None:
+    """The OrderedLog never lets such frames through; a file changed by hand is not served."""
     path = tmp_path / "log.sqlite"
-    store = LogStore(path)
-    store.append([_frame("a", 0, [5])])
+    store = _store(path)
+    store.append([_frame("a", 0, [5, 6])])
     store.close()
     db = sqlite3.connect(path)
+    _, body = _frame("a", 1, [-7])  # a different byte for seq 1
+    db.execute("INSERT INTO frames VALUES (?, ?, ?, ?)", ("a", 1, 1, body))
+    db.commit()
+    db.close()
+    store = _store(path)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="equivocation"):
-            db.execute("UPDATE records SET q = 9 WHERE node = 'a' AND seq = 0")
+        with pytest.raises(StoreError, match="unusable"):
+            store.load_log(OrderedLog())
     finally:
-        db.close()
+        store.close()
+
+
+def test_a_store_of_another_run_is_refused(tmp_path: Path) -> None:
+    store = _store(tmp_path / "log.sqlite")
+    store.close()
+    other = SqliteLogStore(tmp_path / "log.sqlite")
+    try:
+        with pytest.raises(StoreError, match="holds the log of run"):
+            other.bind(MANIFEST.replace(name="u"))
+    finally:
+        other.close()
+
+
+def test_a_log_format_1_file_loses_its_record_copies_and_keeps_its_frames(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE records (node TEXT, seq INTEGER, q INTEGER, clock INTEGER);"
+        "CREATE TABLE frames (node TEXT NOT NULL, first_seq INTEGER NOT NULL, "
+        "count INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (node, first_seq, count));"
+    )
+    db.execute("INSERT INTO frames VALUES (?, ?, ?, ?)", ("a", 0, 2, _frame("a", 0, [1, 2])[1]))
+    db.commit()
+    db.close()
+    store = _store(path)
+    try:
+        log = OrderedLog()
+        assert store.load_log(log) == 2
+        tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+        assert "records" not in tables
+    finally:
+        store.close()

@@ -20,7 +20,9 @@ from collections.abc import Callable
 import aiomqtt
 import pytest
 
-from seedswarm.daemon.transport import BrokerAddress, Outgoing, Transport
+from seedswarm.daemon.settings import BrokerAddress
+from seedswarm.daemon.transport import MqttTransport, TransportSpec
+from seedswarm.protocol.session import Outgoing
 
 from ..helpers import Broker
 
@@ -99,13 +101,14 @@ async def test_persistent_session_and_outbox_survive_a_cut(mosquitto: Broker) ->
 
 async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
     received: list[str] = []
-    transport = Transport(
+    transport = MqttTransport(
         BrokerAddress.parse(f"mqtt://127.0.0.1:{relay.port}"),
-        client_id="session-test",
-        subscriptions=["t/in/#"],
-        on_message=lambda topic, payload: received.append(payload.decode()),
-        will_topic="t/will",
-        will_payload=b"gone",
+        TransportSpec(
+            client_id="session-test",
+            subscriptions=["t/in/#"],
+            on_message=lambda topic, payload: received.append(payload.decode()),
+            will=Outgoing("t/will", b"gone", "presence", retain=True),
+        ),
         keepalive=5,
     )
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="other") as other:
@@ -113,7 +116,6 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
         got_out: list[str] = []
         async with asyncio.TaskGroup() as tg:
             tg.create_task(transport.run())
-            tg.create_task(transport.publisher())
 
             async def collect() -> None:
                 # one message at a time: the test watches got_out grow while this runs
@@ -128,14 +130,14 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
             # paho hands "before" to on_message before it sends the PUBACK; cut now and the
             # broker would rightly deliver it again. A publish of our own is a barrier: its
             # PUBACK comes back after the broker has read everything sent before it.
-            transport.publish(Outgoing("t/out/x", b"barrier"))
+            transport.publish(Outgoing("t/out/x", b"barrier", "frame"))
             await _wait(lambda: not transport.outbox)
 
             relay.cut()
             await _wait(lambda: not transport.connected.is_set())
             for i in range(10):
                 await other.publish("t/in/x", f"during-{i}".encode(), qos=1)
-                transport.publish(Outgoing("t/out/x", f"queued-{i}".encode()))
+                transport.publish(Outgoing("t/out/x", f"queued-{i}".encode(), "frame"))
             await _wait(lambda: relay.turned_away >= 1)  # a reconnect attempt hit the cut
             assert transport.connects == 1  # ... and did not pass for a connection
             assert len(transport.outbox) == 10  # nothing acknowledged while cut

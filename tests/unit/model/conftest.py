@@ -24,10 +24,9 @@ def _threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Forward passes on one intra-op thread, the C kernel on two.
 
     On a small shared machine, OpenMP threads that spin-wait for busy cores make tiny-model
-    forward passes several times slower. The kernel's own threads are set apart (through the
-    variable ``make_backend`` reads) so that engines still run its multi-threaded path.
+    forward passes several times slower. The kernel's own threads are set apart
+    (helpers.KERNEL_THREADS) so that engines still run its multi-threaded path.
     """
-    monkeypatch.setenv("SEEDSWARM_KERNEL_THREADS", "2")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

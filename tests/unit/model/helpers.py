@@ -37,9 +37,12 @@ CAUSAL = TaskSpec(kind="causal_lm", seq_len=32)
 HYPER = Hyper(lr=3e-3, unit_exp=-12)
 
 
+KERNEL_THREADS = 2  # the C kernel's multi-threaded path, while forward passes use one thread
+
+
 def tiny_engine(kernel: str = "auto", hyper: Hyper = HYPER, task: TaskSpec = CAUSAL) -> Engine:
     """A fresh replica of the built-in tiny GPT-2 on its grid."""
-    return Engine.build("t", "tiny", task, hyper, kernel=kernel)
+    return Engine.build("t", "tiny", task, hyper, kernel=kernel, kernel_threads=KERNEL_THREADS)
 
 
 def random_records(

@@ -331,11 +331,11 @@ def test_make_backend_and_available_backends() -> None:
 
 
 @requires_c
-def test_make_backend_cpu_takes_thread_count_from_environment(
+def test_make_backend_cpu_takes_its_thread_count_as_a_parameter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SEEDSWARM_KERNEL_THREADS", "3")
-    k = make_backend("cpu", torch.device("cpu"))
+    monkeypatch.setenv("SEEDSWARM_KERNEL_THREADS", "5")  # model/ reads no environment
+    k = make_backend("cpu", torch.device("cpu"), threads=3)
     assert isinstance(k, CpuKernelBackend)
     assert k.threads == 3
 

@@ -1,0 +1,163 @@
+"""The typed schema of a node's ``/status``: what the HTTP endpoint serves, and what
+``seedswarm status`` and the swarm launcher read back (``NodeStatus.from_json``).
+
+Every field is a plain value (numbers, strings, maps of them), so ``to_json`` is the JSON the
+endpoint sends, and ``from_json`` rebuilds the same object on the other side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    node: str
+    alive: bool
+    last_seen_s: float
+    held: dict[str, int]
+    records: int
+    lag: int  # records this node holds that the peer does not (negative: it is ahead)
+    steps: int
+    loss: float | None
+    http: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsStatus:
+    applied: int
+    held: int
+    pending: int  # held or arrived but not yet applied
+    unflushed: int  # own records stepped but not yet written and published
+
+
+@dataclass(frozen=True, slots=True)
+class StepsStatus:
+    taken: int  # own records in the log (all sessions)
+    this_session: int
+    limit: int
+    done: bool
+    per_s: float
+    seconds_each: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LossStatus:
+    recent: float | None
+    first: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatus:
+    url: str
+    state: str
+    connects: int
+    last_error: str
+    outbox: int
+    messages_published: int
+    messages_received: int
+    bytes_published: int
+    records_published: int
+    frame_bytes_published: int
+    payload_bytes_per_record: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncStatus:
+    wants_sent: int
+    wants_received: int
+    wants_answered: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStatus:
+    taken: int
+    last: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    node: str
+    run: str
+    run_id: str
+    mode: str  # open or signed
+    phase: str  # starting, running, stopping, stopped
+    ready: bool
+    version_vector: dict[str, int]  # what the model holds
+    vv_digest: str
+    fingerprint: str
+    fingerprint_vv_digest: str  # the version vector the fingerprint belongs to
+    fingerprint_stale: bool
+    records: RecordsStatus
+    steps: StepsStatus
+    records_per_s: float
+    loss: LossStatus
+    peers: list[PeerStatus]
+    broker: BrokerStatus
+    dropped: dict[str, dict[str, int]]  # reason -> sender -> count
+    dropped_total: int
+    duplicates: int
+    sync: SyncStatus
+    snapshots: SnapshotStatus
+    headroom_bits: float | None
+    headroom_warning: bool
+    model_busy: bool
+    device: str
+    kernel: str
+    uptime_s: float
+    restored_records: int
+    replayed_records: int
+    http: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> NodeStatus:
+        """Rebuild a status from its JSON; raises ``ValueError`` when it does not fit."""
+        st: NodeStatus = _from(cls, data)
+        return st
+
+    @property
+    def finished(self) -> bool:
+        """Takes no more steps and has nothing left to apply."""
+        return self.steps.done and not self.records.pending
+
+
+def _from(tp: Any, data: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(data, dict):
+            raise ValueError(f"{tp.__name__}: expected an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        try:
+            return tp(
+                **{f.name: _from(hints[f.name], data[f.name]) for f in dataclasses.fields(tp)}
+            )
+        except KeyError as exc:
+            raise ValueError(f"{tp.__name__} lacks {exc.args[0]!r}") from None
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(data, list):
+            raise ValueError("expected a list")
+        return [_from(item, x) for x in data]
+    if origin is dict:
+        _, value = typing.get_args(tp)
+        if not isinstance(data, dict):
+            raise ValueError("expected an object")
+        return {str(k): _from(value, v) for k, v in data.items()}
+    if origin is types.UnionType or origin is typing.Union:
+        args = typing.get_args(tp)
+        if data is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _from(inner, data)
+    if tp is float and isinstance(data, int | float) and not isinstance(data, bool):
+        return float(data)
+    if tp in (int, str, bool) and type(data) is tp:
+        return data
+    raise ValueError(f"expected {getattr(tp, '__name__', tp)}, got {data!r:.40}")

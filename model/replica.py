@@ -1,0 +1,185 @@
+"""A replica: the engine, this node's training examples, and the one version vector of what
+the model holds. Every command that steps or applies (``node``, ``train``, ``replay``,
+``eval``) goes through it, so a new kind of step touches ``model/`` only.
+
+Theory of operation
+-------------------
+The weights are a function of the set of records applied to the base (the exact grid makes
+order and batching irrelevant), and that set is a version vector ``{node: next_seq}`` because
+only contiguous per-node prefixes are ever applied. ``Replica.vv`` is that vector; nothing else
+in the process keeps its own copy of what the model holds.
+
+Invariants:
+  * ``vv`` changes only together with the weights, in the same call, on the thread that owns
+    the model (the daemon runs every method here on its model thread).
+  * Records are applied only as continuations of ``vv``: a record whose seq is not the next
+    one of its node is refused before anything changes (``advance``).
+  * ``step`` applies the pending peer records and takes the own step in the same passes over
+    the weights; its records are seqs ``vv[me] .. vv[me] + K - 1`` (``K =
+    engine.records_per_step``), each with its own seed, and the batch is drawn from the first.
+  * ``load`` trusts a snapshot only if its weights hash to the fingerprint it came with; a
+    snapshot that does not leaves the weights as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from seedswarm.protocol.log import OrderedLog
+from seedswarm.protocol.records import Record
+
+from .data import sample_batch
+from .engine import Engine
+from .errors import ModelError
+from .tasks import Examples
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """One pass of the step loop: own records ``first_seq ..`` and the peer records applied."""
+
+    first_seq: int
+    qs: tuple[int, ...]
+    loss: float
+    applied: int  # peer records applied in the same pass
+    seconds: float
+    vv: Mapping[str, int]  # what the model holds afterwards (a copy)
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Everything a snapshot needs, taken at one instant."""
+
+    vv: Mapping[str, int]
+    state: dict[str, torch.Tensor]  # CPU copies of the trainable tensors
+    fingerprint: str
+    headroom_bits: float
+    headroom_tensor: str
+
+
+class Replica:
+    """The model of node ``node``: ``engine`` on its grid, at version vector ``vv``."""
+
+    def __init__(
+        self, engine: Engine, node: str, examples: Examples | None = None, *, batch_size: int = 16
+    ) -> None:
+        self.engine = engine
+        self.node = node
+        self.examples = examples  # None: this replica only applies (replay, eval)
+        self.batch_size = batch_size
+        self._vv: dict[str, int] = {}
+
+    @property
+    def vv(self) -> dict[str, int]:
+        """What the model holds (a copy)."""
+        return dict(self._vv)
+
+    @property
+    def next_own_seq(self) -> int:
+        return self._vv.get(self.node, 0)
+
+    # -- the step loop -----------------------------------------------------------------------
+
+    def step(self, pending: Sequence[Record] = ()) -> StepOutcome:
+        """Apply ``pending`` and take the next own step, in the same passes over the weights."""
+        if self.examples is None:
+            raise ModelError("this replica has no training examples: it cannot step")
+        t0 = time.monotonic()
+        self._check(pending)
+        first = self.next_own_seq
+        e = self.engine
+        seeds = [e.seed_of(self.node, first + i) for i in range(e.records_per_step)]
+        idx = sample_batch(seeds[0], len(self.examples), self.batch_size)
+        batch = e.task_model.make_batch(self.examples.subset(idx))
+        result = e.step(seeds, batch, pending)
+        _advance(self._vv, pending)
+        self._vv[self.node] = first + len(result.qs)
+        return StepOutcome(
+            first, result.qs, result.loss, len(pending), time.monotonic() - t0, self.vv
+        )
+
+    def apply(self, records: Sequence[Record], *, batch: int = 256) -> Mapping[str, int]:
+        """Apply peer records (contiguous per node, continuing ``vv``); returns the new vv."""
+        self._check(records)
+        self.engine.apply(records, batch=batch)
+        _advance(self._vv, records)
+        return self.vv
+
+    def catch_up(self, log: OrderedLog, *, batch: int = 256) -> int:
+        """Apply every record ``log`` holds that the model does not; returns how many."""
+        total = 0
+        while recs := pending_records(log, self._vv, batch * 16):
+            self.apply(recs, batch=batch)
+            total += len(recs)
+        return total
+
+    def _check(self, records: Iterable[Record]) -> None:
+        _advance(dict(self._vv), records)  # on a copy: refuse before anything changes
+
+    # -- state -------------------------------------------------------------------------------
+
+    def fingerprint(self) -> tuple[dict[str, int], str]:
+        """The weights' hash and the version vector it belongs to, together."""
+        return self.vv, self.engine.fingerprint()
+
+    def capture(self) -> Capture:
+        e = self.engine
+        bits, tensor = e.headroom()
+        return Capture(self.vv, e.trainable_state(), e.fingerprint(), bits, tensor)
+
+    def load(self, state: dict[str, torch.Tensor], vv: Mapping[str, int], fingerprint: str) -> bool:
+        """Take a snapshot's weights as the state at ``vv``, if they hash to ``fingerprint``.
+
+        Returns False (and changes nothing) when they do not or do not fit the run.
+        """
+        e = self.engine
+        before = e.trainable_state()
+        try:
+            e.load_trainable_state(state)
+        except ModelError:
+            e.load_trainable_state(before)
+            return False
+        if e.fingerprint() != fingerprint:
+            e.load_trainable_state(before)
+            return False
+        self._vv = {n: s for n, s in vv.items() if s > 0}
+        return True
+
+    def evaluate(self, examples: Examples, *, batch_size: int = 64) -> dict[str, float]:
+        return self.engine.evaluate(examples, batch_size=batch_size)
+
+
+def pending_records(
+    log: OrderedLog,
+    applied: Mapping[str, int],
+    limit: int | None = None,
+    *,
+    upto: Mapping[str, int] | None = None,
+) -> list[Record]:
+    """Held records not yet applied, node by node, at most ``limit``; only below ``upto`` (a
+    version vector, e.g. what is durable) when given."""
+    out: list[Record] = []
+    for node, end in log.held().items():
+        if upto is not None:
+            end = min(end, upto.get(node, 0))
+        start = applied.get(node, 0)
+        if start < end:
+            take = end if limit is None else min(end, start + limit - len(out))
+            out.extend(log.records(node, start, take))
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def _advance(vv: dict[str, int], records: Iterable[Record]) -> None:
+    for r in records:
+        if r.seq != vv.get(r.node, 0):
+            raise ModelError(
+                f"record {r.node} seq {r.seq} does not continue what the model holds "
+                f"({vv.get(r.node, 0)})"
+            )
+        vv[r.node] = r.seq + 1

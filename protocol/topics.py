@@ -1,0 +1,81 @@
+"""MQTT topic names of a run (docs/PROTOCOL.md §9).
+
+    <prefix>/<run name>/records/<node>         a node's own frames
+    <prefix>/<run name>/presence/<node>        retained heartbeat; the will marks the node gone
+    <prefix>/<run name>/sync/<to>/<from>       wants from <from> to <to>, and frames that <from>
+                                               sends to <to> in answer to <to>'s wants
+
+Every topic names the node that publishes on it in its last level, so a broker's ACL can
+reserve it (Mosquitto: ``pattern write <prefix>/+/sync/+/%u``) and a receiver knows whom to
+blame for what arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import DecodeError
+from .ids import check_node_id, check_run_name
+
+RECORDS = "records"
+PRESENCE = "presence"
+SYNC = "sync"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a message came in: its kind and the node the topic says published it."""
+
+    kind: str  # RECORDS, PRESENCE or SYNC
+    sender: str  # the publisher named by the topic (a valid node id)
+    to: str = ""  # SYNC only: the addressee
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+    run: str
+
+    def __post_init__(self) -> None:
+        if not self.prefix or any(c in self.prefix for c in "+#") or self.prefix.startswith("$"):
+            raise ValueError(f"topic prefix {self.prefix!r}: no wildcards, no leading $")
+        check_run_name(self.run)
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.run}"
+
+    def records(self, node: str) -> str:
+        return f"{self.base}/{RECORDS}/{node}"
+
+    def presence(self, node: str) -> str:
+        return f"{self.base}/{PRESENCE}/{node}"
+
+    def sync(self, to: str, sender: str) -> str:
+        return f"{self.base}/{SYNC}/{to}/{sender}"
+
+    def subscriptions(self, me: str) -> list[str]:
+        return [
+            f"{self.base}/{RECORDS}/+",
+            f"{self.base}/{PRESENCE}/+",
+            f"{self.base}/{SYNC}/{me}/+",
+        ]
+
+    def parse(self, topic: str) -> Route | None:
+        """The route of a topic of this run, or None if the topic is not one of ours.
+
+        Raises ``DecodeError`` (``bad_topic``) for a topic of this run whose levels are not
+        valid node ids: such a message is dropped under the ``invalid`` sender.
+        """
+        head = self.base + "/"
+        if not topic.startswith(head):
+            return None
+        rest = topic[len(head) :].split("/")
+        try:
+            if len(rest) == 2 and rest[0] in (RECORDS, PRESENCE):
+                return Route(rest[0], check_node_id(rest[1]))
+            if len(rest) == 3 and rest[0] == SYNC:
+                return Route(SYNC, check_node_id(rest[2]), to=check_node_id(rest[1]))
+        except DecodeError as exc:
+            raise DecodeError(f"topic {topic[:120]!r}: {exc}", reason="bad_topic") from exc
+        raise DecodeError(f"topic {topic[:120]!r} is not a seedswarm topic", reason="bad_topic")

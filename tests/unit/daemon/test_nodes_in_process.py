@@ -1,0 +1,114 @@
+"""Three real nodes in one process over the in-memory bus (a FAKE broker, memory_bus.py).
+
+This tests the node's logic (session, store, model thread, trainer, flusher, gap filling)
+quickly and without a broker; the same behaviour through real Mosquitto and real processes is
+tested in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from seedswarm.daemon.node import Node
+from seedswarm.daemon.settings import LocalSettings, NodeSettings, RunSettings
+from seedswarm.daemon.status import NodeStatus
+
+from .memory_bus import MemoryBus, MemoryTransport
+
+pytestmark = pytest.mark.asyncio
+
+STEPS = 20
+
+
+def _node(bus: MemoryBus, tmp_path: Path, name: str, i: int, n: int) -> Node:
+    settings = NodeSettings(
+        run=RunSettings(name="mem"),
+        local=LocalSettings(node=name, shard=f"{i}/{n}", batch_size=4, kernel="torch"),
+        data_dir=str(tmp_path / name),
+        http="127.0.0.1:0",
+        steps=STEPS,
+        presence_interval=0.2,
+        join_wait=0.2,
+        frame_window=0.05,
+        frame_records=8,
+        snapshot_every=25,
+        torch_threads=1,
+    )
+    return Node(settings, transport=bus.factory)
+
+
+async def _statuses(nodes: list[Node]) -> list[NodeStatus]:
+    return [await n.status(fresh=True) for n in nodes]
+
+
+async def _until_agreed(nodes: list[Node], expect: dict[str, int]) -> list[NodeStatus]:
+    async with asyncio.timeout(240):  # a safety net on a loaded machine
+        while True:
+            sts = await _statuses(nodes) if all(n.phase == "running" for n in nodes) else []
+            if (
+                sts
+                and all(st.version_vector == expect for st in sts)
+                and len({st.fingerprint for st in sts}) == 1
+            ):
+                return sts
+            await asyncio.sleep(0.1)
+
+
+async def test_three_nodes_reach_one_fingerprint(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    names = ["n0", "n1", "n2"]
+    nodes = [_node(bus, tmp_path, name, i, len(names)) for i, name in enumerate(names)]
+    async with asyncio.TaskGroup() as tg:
+        runs = [tg.create_task(n.run(signals=False)) for n in nodes]
+        sts = await _until_agreed(nodes, dict.fromkeys(names, STEPS))
+        assert all(st.records.pending == 0 and st.steps.done for st in sts)
+        assert all(st.fingerprint_vv_digest == st.vv_digest for st in sts)
+        assert {p.node for p in sts[0].peers} == {"n1", "n2"}
+        assert sts[0].dropped_total == 0
+        for n in nodes:
+            n.request_stop()
+    assert [r.result() for r in runs] == [0, 0, 0]
+
+
+async def test_a_late_joiner_catches_up_by_gap_filling(tmp_path: Path) -> None:
+    """n2 starts after n0 and n1 have finished: everything it gets comes through wants."""
+    bus = MemoryBus()
+    first = [_node(bus, tmp_path, name, i, 3) for i, name in enumerate(["n0", "n1"])]
+    async with asyncio.TaskGroup() as tg:
+        runs = [tg.create_task(n.run(signals=False)) for n in first]
+        await _until_agreed(first, {"n0": STEPS, "n1": STEPS})
+        late = _node(bus, tmp_path, "n2", 2, 3)
+        runs.append(tg.create_task(late.run(signals=False)))
+        sts = await _until_agreed([*first, late], dict.fromkeys(["n0", "n1", "n2"], STEPS))
+        assert sts[2].sync.wants_sent > 0
+        assert sum(st.sync.wants_answered for st in sts[:2]) > 0
+        for n in [*first, late]:
+            n.request_stop()
+    assert [r.result() for r in runs] == [0, 0, 0]
+
+
+async def test_a_node_that_crashed_is_seen_gone_and_its_restart_rejoins(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    a, b = (_node(bus, tmp_path, name, i, 2) for i, name in enumerate(["n0", "n1"]))
+    async with asyncio.TaskGroup() as tg:
+        run_a = tg.create_task(a.run(signals=False))
+        run_b = tg.create_task(b.run(signals=False))
+        await _until_agreed([a, b], {"n0": STEPS, "n1": STEPS})
+        transport = b.transport
+        assert isinstance(transport, MemoryTransport)
+        transport.crash()  # its will says it is gone
+        async with asyncio.timeout(60):
+            while any(p.alive for p in (await a.status(fresh=False)).peers):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        b.request_stop()
+        await run_b
+        again = _node(bus, tmp_path, "n1", 1, 2)
+        run_again = tg.create_task(again.run(signals=False))
+        sts = await _until_agreed([a, again], {"n0": STEPS, "n1": STEPS})
+        assert sts[1].restored_records + sts[1].replayed_records == 2 * STEPS
+        a.request_stop()
+        again.request_stop()
+    assert (run_a.result(), run_again.result()) == (0, 0)
