@@ -23,11 +23,8 @@ import math
 import multiprocessing
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +37,7 @@ import torch
 
 from .console import emit_json, table
 from .errors import ConfigError
+from .mosquitto import mosquitto
 from .options import DEVICE, JSON, KERNEL, Option, positive
 
 BENCH_OPTIONS = (
@@ -58,16 +56,35 @@ BENCH_OPTIONS = (
     Option("eval_every", int, 50, "quant: evaluate every N steps", check=positive),
     Option("lr", float, 0.0, "quant: learning rate (0: the model's default)"),
     Option("unit_exp", int, 0, "quant: update unit exponent (0: the model's default)"),
+    Option(
+        "rows",
+        str,
+        "all",
+        "live: all, or NODESxRATE items (3x40,100x2; RATE 0: unthrottled; more than 3 nodes: "
+        "simulated)",
+    ),
+    Option(
+        "scale", float, 1.0, "live: scale every row's steps (0.1 for a quick look)", check=positive
+    ),
+    Option("signed", bool, False, "live: also each row in a signed run"),
     JSON,
 )
 
 
-BENCHES = ("step", "apply", "wire", "quant")
+BENCHES = ("step", "apply", "wire", "quant", "live")
 
 
 def run_bench(values: dict[str, Any]) -> int:
+    from .bench_live import bench_live
+
     which = values["which"]
-    runs = {"step": bench_step, "apply": bench_apply, "wire": bench_wire, "quant": bench_quant}
+    runs = {
+        "step": bench_step,
+        "apply": bench_apply,
+        "wire": bench_wire,
+        "quant": bench_quant,
+        "live": bench_live,
+    }
     result = runs[which](values)
     result = {"bench": which, "host": _host(), **result}
     if values["json"]:
@@ -403,52 +420,6 @@ class _CountingRelay:
             await self.server.wait_closed()
 
 
-@contextlib.contextmanager
-def _mosquitto(port: int) -> Any:
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if exe is None:
-        raise ConfigError(
-            "mosquitto is not installed (apt install mosquitto), or use --broker amqtt"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "m.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nsys_interval 1\n"
-        )
-        err_path = Path(tmp) / "m.err"
-        with err_path.open("wb") as err:  # a file, not a pipe: a full pipe would block it
-            proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            _wait_listening(proc, port, err_path)
-            yield
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-def _wait_listening(
-    proc: subprocess.Popen[bytes], port: int, err_path: Path, patience: float = 30.0
-) -> None:
-    """Until mosquitto accepts connections; a clear error if it exits or never listens."""
-    deadline = time.monotonic() + patience
-    while True:
-        if proc.poll() is not None:
-            err = err_path.read_text(errors="replace").strip()
-            last = err.splitlines()[-1] if err else f"exit status {proc.returncode}"
-            raise ConfigError(f"bench wire: mosquitto on port {port} stopped at start: {last}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"bench wire: mosquitto did not listen on port {port} within {patience:.0f} s"
-                ) from None
-            time.sleep(0.05)
-
-
 def bench_wire(values: dict[str, Any]) -> dict[str, Any]:
     import uvloop
 
@@ -466,7 +437,7 @@ def bench_wire(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("--broker for wire: mosquitto, amqtt or auto")
     port = free_port()
     if kind == "mosquitto":
-        with _mosquitto(port):
+        with mosquitto(port):
             rows = uvloop.run(_wire_rows(port, sizes, embedded=False))
     else:
         rows = uvloop.run(_wire_rows(port, sizes, embedded=True))
@@ -691,6 +662,12 @@ def _print(result: dict[str, Any]) -> None:
         f"host: {host['cpus']} cpus, torch {host['torch']} ({host['torch_threads']} threads)"
         + (f", {host['gpu']}" if "gpu" in host else "")
     )
+    if which == "live":
+        from .bench_live import print_live
+
+        print("bytes per own record (up) and per record delivered (down), every byte counted")
+        print(print_live(result))
+        return
     if which == "step":
         s, r, m = result["seconds"], result["ratios"], result["memory_bytes"]
         print(

@@ -108,8 +108,9 @@ class DataDir:
             raise
         return store
 
-    def load(self) -> tuple[Manifest, OrderedLog]:
-        """The run's manifest and its whole log, read once (replay, eval)."""
+    def load(self) -> tuple[Manifest, OrderedLog, int]:
+        """The run's manifest, its whole log, read once (replay, eval), and how many stored
+        frames lie beyond a gap (left out of the log)."""
         if not self.root.is_dir():
             raise ConfigError(f"{self.root} is not a run directory (it does not exist)")
         if not self.log_path.is_file():
@@ -129,7 +130,7 @@ class DataDir:
             store.load_log(log)
         finally:
             store.close()
-        return manifest, log
+        return manifest, log, store.beyond_gaps
 
     # -- snapshots -----------------------------------------------------------------------------
 

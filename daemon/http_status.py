@@ -9,11 +9,17 @@
 
 Handlers read a ``StatusSource``, the typed view a node offers of itself; they never touch
 the node's objects or the model's tensors.
+
+The endpoint cannot starve training: at most ``MAX_CONNECTIONS`` connections are open (more
+are closed at once: each is a file descriptor the node needs for its log and snapshots), idle
+ones are closed after ``KEEPALIVE_S``, a page of ``/log`` holds at most ``MAX_LOG_LIMIT``
+records, and at most ``HEAVY`` pages are built at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +33,10 @@ from .errors import ConfigError
 from .settings import parse_listen
 from .status import NodeStatus
 
-MAX_LOG_LIMIT = 10000
+MAX_LOG_LIMIT = 1000
+MAX_CONNECTIONS = 128
+KEEPALIVE_S = 15.0
+HEAVY = 2  # /log pages and /metrics built at once; the rest wait their turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,10 @@ class StatusSource(Protocol):
         ...
 
     def log_page(self, after: OrderKey | None, limit: int) -> LogPage: ...
+
+    def history(self, since: float) -> dict[str, Any]:
+        """Curves for the dashboard: own steps after ``since`` (unix time), evaluations."""
+        ...
 
 
 class _Collector:
@@ -100,6 +113,17 @@ class _Collector:
         yield gauge("seedswarm_peers", "peers seen", len(st.peers))
         if st.loss.recent is not None:
             yield gauge("seedswarm_loss", "mean loss over the last steps", st.loss.recent)
+        if st.eval is not None:
+            yield gauge("seedswarm_eval_loss", "held-out loss at the last evaluation", st.eval.loss)
+            yield gauge(
+                "seedswarm_eval_records", "records applied at the last evaluation", st.eval.records
+            )
+            if st.eval.accuracy is not None:
+                yield gauge(
+                    "seedswarm_eval_accuracy",
+                    "held-out accuracy at the last evaluation",
+                    st.eval.accuracy,
+                )
         dropped = CounterMetricFamily(
             "seedswarm_dropped",
             "input dropped, by reason and sender",
@@ -111,24 +135,53 @@ class _Collector:
         yield dropped
 
 
+class _CappedRunner(web.AppRunner):
+    """aiohttp has no cap on open connections: this one closes a new connection at once when
+    ``MAX_CONNECTIONS`` are open."""
+
+    refused = 0
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        accept = server.connection_made
+
+        def connection_made(handler: Any, transport: Any) -> None:
+            accept(handler, transport)
+            if len(server.connections) > MAX_CONNECTIONS:
+                self.refused += 1
+                transport.close()
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        return server
+
+
 class StatusServer:
-    def __init__(self, source: StatusSource) -> None:
+    def __init__(self, source: StatusSource, *, routes: Sequence[web.RouteDef] = ()) -> None:
+        """``routes``: more endpoints of other modules (the snapshot a node serves)."""
         self.source = source
+        self._heavy = asyncio.Semaphore(HEAVY)
         self.app = web.Application()
+        self.app.add_routes(list(routes))
         self.app.add_routes(
             [
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/status", self.status),
                 web.get("/log", self.log),
+                web.get("/history", self.history),
                 web.get("/metrics", self.metrics),
             ]
         )
-        self._runner: web.AppRunner | None = None
+        self._runner: _CappedRunner | None = None
+
+    @property
+    def refused(self) -> int:
+        """Connections closed because ``MAX_CONNECTIONS`` were open."""
+        return self._runner.refused if self._runner is not None else 0
 
     async def start(self, listen: str, *, advertise: str = "") -> str:
         host, port = parse_listen(listen)
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = _CappedRunner(self.app, access_log=None, keepalive_timeout=KEEPALIVE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         try:
@@ -162,15 +215,27 @@ class StatusServer:
             after = parse_cursor(request.query.get("after", ""))
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        page = self.source.log_page(after, max(1, min(limit, MAX_LOG_LIMIT)))
-        return web.json_response({"records": page.records, "next": page.next, "total": page.total})
+        async with self._heavy:
+            page = self.source.log_page(after, max(1, min(limit, MAX_LOG_LIMIT)))
+            body = {"records": page.records, "next": page.next, "total": page.total}
+            await asyncio.sleep(0)  # let the node's own tasks run between two pages
+        return web.json_response(body)
+
+    async def history(self, request: web.Request) -> web.Response:
+        try:
+            since = float(request.query.get("since", "0"))
+        except ValueError:
+            return web.json_response({"error": "since must be a unix time"}, status=400)
+        async with self._heavy:
+            body = self.source.history(since)
+        return web.json_response(body)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(await self.source.status(fresh=False)))
-        return web.Response(
-            body=generate_latest(registry), content_type="text/plain", charset="utf-8"
-        )
+        async with self._heavy:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Collector(await self.source.status(fresh=False)))
+            body = generate_latest(registry)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
 
 def parse_cursor(text: str) -> tuple[int, str, int] | None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -40,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,8 +56,10 @@ from seedswarm.protocol.session import (
     Outgoing,
     PeerGone,
     PeerSeen,
+    Retracted,
     Session,
     SessionConfig,
+    VvRequested,
     WantReceived,
 )
 from seedswarm.protocol.topics import Route
@@ -63,22 +67,22 @@ from seedswarm.protocol.vv import digest
 
 from . import snapshots
 from .datadir import DataDir
-from .errors import ConfigError, JoinRefused
+from .errors import ConfigError, StoreError
+from .evaluation import EVALS, EvalHistory, evaluate
 from .http_status import LogPage, StatusServer
 from .progress import Stats
-from .runspec import load_key, open_engine, plan_run, resolve_device, training_examples
-from .settings import NodeSettings
-from .status import (
-    BrokerStatus,
-    LossStatus,
-    NodeStatus,
-    PeerStatus,
-    RecordsStatus,
-    SnapshotStatus,
-    StepsStatus,
-    SyncStatus,
+from .report import compose_status, pending
+from .runspec import (
+    held_out_examples,
+    load_key,
+    open_engine,
+    plan_run,
+    resolve_device,
+    training_examples,
 )
-from .store import LogStore, SqliteLogStore, StoreThread
+from .settings import NodeSettings
+from .status import NodeStatus
+from .store import LogStore, SqliteLogStore, Stored, StoreThread
 from .transport import Transport, TransportFactory, TransportSpec, mqtt_factory
 from .worker import ModelThread
 
@@ -88,6 +92,7 @@ INBOX = 20_000  # messages waiting for the session; beyond this they are dropped
 INGEST_BATCH = 512
 APPLY_BATCH = 4096
 PROGRESS_EVERY = 10.0  # seconds between progress lines in the log
+SYNC_EVERY = 1.0  # seconds between two looks at what is missing (cheap: only open nodes)
 PARENT_ENV = "SEEDSWARM_PARENT_PID"  # set by `seedswarm swarm`: stop if that process dies
 
 StoreFactory = Callable[[Path], LogStore]
@@ -114,13 +119,21 @@ class Node:
         self.applied: dict[str, int] = {}  # the replica's vv, as of its last pass (a copy)
         self.fingerprint_cache: tuple[str, str] = ("", "")  # (vv digest, fingerprint)
         self._make_transport = transport or mqtt_factory(
-            settings.broker_address(), ca_file=settings.ca_file
+            settings.broker_address(),
+            version=settings.mqtt_version,
+            ca_file=settings.ca_file,
+            keepalive=settings.keepalive,
         )
         self._make_store: StoreFactory = store or SqliteLogStore
         self._durable: dict[str, int] = {}  # peer records the store has acknowledged
         self._unsealed: list[int] = []  # own bytes applied but not yet sealed into frames
+        self._oldest_unsealed = 0.0  # when the first of them was stepped
+        self._next_step_at = 0.0  # --step-interval: not before this (monotonic)
+        self.evals: EvalHistory | None = None  # --eval: the history, and when the next is due
+        self._eval_due = 0
         self._since_snapshot = 0
-        self._foreign: dict[str, ForeignRun] = {}
+        self._foreign: set[bytes] = set()  # run ids of other manifests seen under our run name
+        self._retracted: list[Retracted] = []  # for the trainer to un-apply
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=INBOX)
         self._wants: deque[WantReceived] = deque(maxlen=1000)
         self._stop = asyncio.Event()
@@ -130,7 +143,7 @@ class Node:
         self._frame_full = asyncio.Event()
         self._wake_responder = asyncio.Event()
         self._own_durable = asyncio.Event()
-        self._foreign_seen = asyncio.Event()
+        self._presence_due = asyncio.Event()  # something presence tells changed
         self._trainer_done = asyncio.Event()
         self._flusher_done = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -159,7 +172,7 @@ class Node:
         store = await asyncio.to_thread(self._make_store, self.datadir.log_path)
         self.store = StoreThread(store)
         await self.store.call(store.bind, self.manifest)
-        config = SessionConfig(frame_records=s.frame_records, peer_timeout=6 * s.presence_interval)
+        config = SessionConfig(frame_records=s.frame_records, peer_timeout=3 * s.presence_interval)
         self.session = Session(
             self.manifest, self.me, prefix=s.topic_prefix, key=key, config=config
         )
@@ -174,13 +187,24 @@ class Node:
         caught = await self.model.run(self.replica.catch_up, self.session.log)
         self.applied = self.replica.vv
         self.stats.restored_records, self.stats.replayed_records = restored, caught
+        if s.eval:
+            self._eval_examples = await self.model.run(
+                held_out_examples, s.eval, engine, s.eval_limit
+            )
+            self.evals = await asyncio.to_thread(
+                EvalHistory, self.datadir.root / EVALS, s.eval_every
+            )
+            self._eval_due = self.evals.next_due(sum(self.applied.values()))
         log.info("%s: restored %d records from a snapshot, replayed %d", self.me, restored, caught)
+        topics = self.session.topics
         self.transport: Transport = self._make_transport(
             TransportSpec(
                 client_id=f"seedswarm-{self.manifest.name}-{self.me}",
-                subscriptions=self.session.topics.subscriptions(self.me),
+                subscriptions=topics.subscriptions(self.me),
                 on_message=self._on_message,
                 will=self.session.will(),
+                aliases=(topics.records(self.me), topics.presence(self.me)),
+                on_drop=self._answer_dropped,
             )
         )
         self.http = StatusServer(self)
@@ -217,12 +241,13 @@ class Node:
                     ("trainer", self._trainer),
                     ("flusher", self._flusher),
                     ("heartbeat", self._heartbeat),
+                    ("sync", self._sync),
                 ):
                     self._tasks.append(tg.create_task(job(), name=name))
                 tg.create_task(self._shutdown(), name="shutdown")
-        except* (JoinRefused, ConfigError) as eg:
+        except* ConfigError as eg:
             self.error = str(eg.exceptions[0])
-            self.exit_code = 2  # the user can fix this: another manifest, a bad setting
+            self.exit_code = 2  # the user can fix this: a bad setting
         except* SeedswarmError as eg:
             self.error = str(eg.exceptions[0])  # e.g. the disk refused a write
             self.exit_code = 1
@@ -256,46 +281,69 @@ class Node:
             self.session.drop("overload", route.sender if route else "invalid", "inbox full")
 
     async def _ingest(self) -> None:
-        """Feed the session; store accepted frames in batches; route the other events."""
+        """Feed the session; store what it accepted or retracted, in order; route the rest."""
         while True:
             batch = [await self._inbox.get()]
             while len(batch) < INGEST_BATCH and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
             now = time.monotonic()
-            accepted: list[FrameAccepted] = []
-            for topic, payload in batch:
-                for event in self.session.receive(topic, payload, now):
-                    if isinstance(event, FrameAccepted):
-                        accepted.append(event)
-                    else:
-                        self._on_event(event)
-            if not accepted:
-                continue
-            held = self.session.log.held()  # everything in it is in this batch or stored before
-            await self.store.call(self.store.store.append, [(e.frame, e.body) for e in accepted])
-            self._durable = {n: e for n, e in held.items() if n != self.me}
-            self._wake_trainer.set()
-            if any(e.via_sync for e in accepted):
+            events = [e for t, p in batch for e in self.session.receive(t, p, now)]
+            held = self.session.log.held()  # all of it is stored once this batch is
+            stored: list[Stored] = []
+            changed = answered = False
+            for event in events:
+                if isinstance(event, FrameAccepted):
+                    stored.append(Stored(event.frame, event.body, event.provisional))
+                    answered |= event.via_sync
+                elif isinstance(event, Retracted):
+                    await self._store(stored)
+                    stored = []
+                    await self.store.call(self.store.store.retract, event.node, event.first_seq)
+                    self._retracted.append(event)
+                    changed = True
+                else:
+                    self._on_event(event)
+            await self._store(stored)
+            if stored or changed:
+                self._durable = {n: e for n, e in held.items() if n != self.me}
+                self._wake_trainer.set()
+            if answered:
                 # an answer to a want moved a prefix: ask for the next range right away, so a
                 # late joiner catches up at round-trip speed, not heartbeat speed
                 self._publish(self.session.wants(time.monotonic()))
+
+    async def _store(self, frames: list[Stored]) -> None:
+        if frames:
+            await self.store.call(self.store.store.append, frames)
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, WantReceived):
             self._wants.append(event)
             self._wake_responder.set()
+        elif isinstance(event, VvRequested):
+            self.transport.publish(self.session.vv(event.requester))
         elif isinstance(event, Dropped):
             if event.loud:
                 log.error("%s: rejected input from %s: %s", self.me, event.sender, event.detail)
             else:
                 log.debug("%s: dropped from %s: %s", self.me, event.sender, event.detail)
         elif isinstance(event, ForeignRun):
-            self._foreign[event.sender] = event
-            self._foreign_seen.set()
+            if event.run_id not in self._foreign and len(self._foreign) < 64:
+                self._foreign.add(event.run_id)
+                log.warning(
+                    "%s: node %s under run name %r runs another manifest (run id %s, ours %s); "
+                    "it is not in this run: check that every node has the same run settings",
+                    self.me, event.sender, self.manifest.name, event.run_id.hex(),
+                    self.session.run_id.hex(),
+                )  # fmt: skip
         elif isinstance(event, PeerSeen):
             log.info("%s: peer %s is here", self.me, event.node)
         elif isinstance(event, PeerGone):
             log.info("%s: peer %s is gone%s", self.me, event.node, " (silent)" * event.silent)
+
+    def _answer_dropped(self, item: Outgoing) -> None:
+        route = _route(self.session, item.topic)
+        self.session.drop("overload", route.to if route else "invalid", "the outbox is full")
 
     async def _responder(self) -> None:
         """Answer wants from the store, one at a time (the store has one thread anyway)."""
@@ -317,50 +365,80 @@ class Node:
     # -- joining ---------------------------------------------------------------------------------
 
     async def _join(self) -> None:
-        """After the first connection, listen for peers a moment; refuse a foreign manifest."""
+        """After the first connection, listen a moment (retained presence of every peer comes
+        at once) before the first step. Nothing a peer says can stop the node from joining."""
         await self.transport.connected.wait()
-        # A foreign manifest ends the wait at once, so a generous --join-wait costs nothing.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.join_wait):
-                await self._foreign_seen.wait()
-        if self._foreign:
-            raise JoinRefused(_refusal(self.manifest, next(iter(sorted(self._foreign.items())))[1]))
+        self._presence_due.set()
+        await asyncio.sleep(self.settings.join_wait)
         self.joined.set()
         self._wake_trainer.set()
 
     # -- training --------------------------------------------------------------------------------
 
-    def _may_step(self) -> bool:
+    def _steps_left(self) -> bool:
         own = self.applied.get(self.me, 0)
         return self.joined.is_set() and (self.max_steps < 0 or own < self.max_steps)
 
     async def _trainer(self) -> None:
         try:
             while not self._stop.is_set():
-                if self._finish_requested:  # read here, between steps, so no step is in flight
+                # between passes, so nothing is in flight on the model thread:
+                while self._retracted:
+                    event = self._retracted.pop(0)
+                    self.applied = dict(
+                        await self.model.run(self.replica.retract, event.node, event.records)
+                    )
+                    log.warning(
+                        "%s: gave back %d records of %s that a third party had sent while it "
+                        "was away; asking %s for them", self.me, len(event.records), event.node,
+                        event.node,
+                    )  # fmt: skip
+                if self._finish_requested:
                     self._finish_requested = False
                     taken = self.applied.get(self.me, 0)
                     if self.max_steps < 0 or self.max_steps > taken:
                         self.max_steps = taken
                         log.info("%s: finishing: no more own steps after %d", self.me, taken)
-                ready = pending_records(
-                    self.session.log, self.applied, APPLY_BATCH, upto=self._durable
+                limit = APPLY_BATCH
+                if self.evals is not None:
+                    await self._maybe_evaluate()
+                    # end the pass at the next point, so that every node evaluates at it
+                    limit = max(0, min(limit, self._eval_due - sum(self.applied.values())))
+                ready = (
+                    pending_records(self.session.log, self.applied, limit, upto=self._durable)
+                    if limit
+                    else []
                 )
-                if self._may_step():
+                now = time.monotonic()
+                if self._steps_left() and now >= self._next_step_at:
+                    self._next_step_at = now + self.settings.step_interval
                     outcome: StepOutcome = await self.model.run(self.replica.step, ready)
                     self.applied = dict(outcome.vv)
-                    self.stats.record_step(outcome.loss, outcome.seconds)
+                    self.stats.record_step(
+                        outcome.loss,
+                        outcome.seconds,
+                        own=self.applied.get(self.me, 0),
+                        applied=sum(self.applied.values()),
+                    )
+                    if not self._unsealed:
+                        self._oldest_unsealed = time.monotonic()
                     self._unsealed.extend(outcome.qs)
                     self._wake_flusher.set()
                     if len(self._unsealed) >= self.settings.frame_records:
                         self._frame_full.set()
+                    if not self._steps_left():
+                        self._frame_full.set()  # the last step: publish it now
+                        self._presence_due.set()
                     done, stepped = len(ready) + len(outcome.qs), True
                 elif ready:
                     self.applied = dict(await self.model.run(self.replica.apply, ready))
                     done, stepped = len(ready), False
                 else:
                     self._wake_trainer.clear()
-                    await self._wake_trainer.wait()
+                    wait = self._next_step_at - now if self._steps_left() else None
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):  # the next step's time, or an event
+                            await self._wake_trainer.wait()
                     continue
                 self.stats.applied_peer_records += len(ready)
                 self.stats.record_pass(done, stepped)
@@ -370,6 +448,21 @@ class Node:
         finally:
             self._trainer_done.set()
             self._wake_flusher.set()
+
+    async def _maybe_evaluate(self) -> None:
+        """Between passes: evaluate once the records applied reach the next point."""
+        assert self.evals is not None
+        applied = sum(self.applied.values())
+        if applied < self._eval_due:
+            return
+        point = await self.model.run(
+            evaluate, self.replica, self._eval_examples, self.settings.local.batch_size * 4
+        )
+        point = dataclasses.replace(point, records=self._eval_due)  # the count nodes share
+        await asyncio.to_thread(self.evals.add, point)
+        acc = "" if point.accuracy is None else f", accuracy {point.accuracy:.4f}"
+        log.info("%s: eval at %d records: loss %.4f%s", self.me, point.records, point.loss, acc)
+        self._eval_due = self.evals.next_due(applied + 1)
 
     async def _snapshot(self) -> None:
         cap = await self.model.run(self.replica.capture)
@@ -388,23 +481,33 @@ class Node:
             self._frame_full.set()
             self._own_durable.clear()
             await self._own_durable.wait()
-        info = await asyncio.to_thread(
-            snapshots.save,
-            self.datadir.snapshots,
-            cap.state,
-            run_id=self.session.run_id.hex(),
-            version_vector=dict(cap.vv),
-            fingerprint=cap.fingerprint,
-        )
+        self._since_snapshot = 0
+        try:
+            info = await asyncio.to_thread(
+                snapshots.save,
+                self.datadir.snapshots,
+                cap.state,
+                run_id=self.session.run_id.hex(),
+                version_vector=dict(cap.vv),
+                fingerprint=cap.fingerprint,
+            )
+        except StoreError as exc:
+            # a snapshot only saves replay time: the log is the truth, and it is still written
+            self.stats.snapshot_failures += 1
+            self.stats.snapshot_error = str(exc)
+            log.error("%s: %s; training goes on, the next snapshot will try again", self.me, exc)
+            return
         self.stats.snapshots += 1
         self.stats.last_snapshot = info.path.name
-        self._since_snapshot = 0
+        self.stats.snapshot_error = ""
+        self._presence_due.set()
 
     # -- own records out -------------------------------------------------------------------------
 
     async def _flusher(self) -> None:
-        """Seal own bytes into frames once a frame is full or its window has passed."""
-        window = self.settings.frame_window
+        """Seal own bytes into frames once a frame is full or its oldest record has waited
+        ``--max-latency`` seconds: few, full frames where steps are fast, a bound on the delay
+        where they are slow."""
         while True:
             if not self._unsealed:
                 if self._trainer_done.is_set():
@@ -412,13 +515,11 @@ class Node:
                 self._wake_flusher.clear()
                 await self._wake_flusher.wait()
                 continue
-            if (
-                len(self._unsealed) < self.settings.frame_records
-                and not self._trainer_done.is_set()
-            ):
+            due = self._oldest_unsealed + self.settings.max_latency - time.monotonic()
+            if due > 0 and not self._trainer_done.is_set():
                 self._frame_full.clear()
-                with contextlib.suppress(TimeoutError):  # give the frame its window to fill up
-                    async with asyncio.timeout(window):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(due):
                         await self._frame_full.wait()
             await self._flush()
         self._flusher_done.set()
@@ -426,14 +527,27 @@ class Node:
     async def _flush(self) -> None:
         qs, self._unsealed = self._unsealed, []
         sealed = self.session.seal(qs)
-        await self.store.call(self.store.store.append, [(s.frame, s.body) for s in sealed])
+        await self.store.call(self.store.store.append, [Stored(s.frame, s.body) for s in sealed])
+        self.session.stored(sealed)
         self._own_durable.set()
         self._publish([s.message for s in sealed])
 
     # -- presence and gap filling ----------------------------------------------------------------
 
     async def _heartbeat(self) -> None:
+        """Presence when something it says changed, and as a slow heartbeat; liveness comes
+        from the broker (the will, keep-alives) and from every message a peer sends."""
         interval = self.settings.presence_interval
+        while True:
+            self._presence_due.clear()
+            if self.transport.connected.is_set():
+                self.transport.publish(self._presence())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._presence_due.wait()
+
+    async def _sync(self) -> None:
+        """Ask for what is missing, notice silent peers, report progress, watch the parent."""
         last_report = 0.0
         parent = os.environ.get(PARENT_ENV)
         while True:
@@ -441,14 +555,14 @@ class Node:
             for event in self.session.tick(now):
                 self._on_event(event)
             if self.transport.connected.is_set():
-                self._publish([self._presence(), *self.session.wants(now)])
+                self._publish(self.session.wants(now))
             if now - last_report >= PROGRESS_EVERY:
                 last_report = now
                 self._report_progress()
             if parent and not self._stop.is_set() and os.getppid() != int(parent):
                 log.warning("%s: the process that started this node is gone; stopping", self.me)
                 self.request_stop()
-            await asyncio.sleep(interval)
+            await asyncio.sleep(SYNC_EVERY)
 
     def _presence(self, alive: bool = True) -> Outgoing:
         return self.session.presence(
@@ -461,18 +575,9 @@ class Node:
         log.info(
             "%s: steps %d%s, loss %s, records applied %d, pending %d, peers %d, broker %s",
             self.me, self.applied.get(self.me, 0), limit, "-" if loss is None else f"{loss:.4f}",
-            sum(self.applied.values()), self._pending(), self.session.live_peers(time.monotonic()),
-            self.transport.statistics().state,
+            sum(self.applied.values()), pending(self.session, self.applied),
+            self.session.live_peers(time.monotonic()), self.transport.statistics().state,
         )  # fmt: skip
-
-    def _pending(self) -> int:
-        held = self.session.log.held()
-        own = self.applied.get(self.me, 0)
-        return (
-            self.session.log.pending_count()
-            + sum(max(e - self.applied.get(n, 0), 0) for n, e in held.items() if n != self.me)
-            + max(held.get(self.me, 0) - own, 0)
-        )
 
     # == shutdown ==================================================================================
 
@@ -519,95 +624,31 @@ class Node:
         )
 
     async def status(self, *, fresh: bool) -> NodeStatus:
-        fp, fp_digest, stale = await self.fingerprint(fresh=fresh)
-        now = time.monotonic()
-        log_ = self.session.log
-        ss = self.session.statistics()
-        tr = self.transport.statistics()
-        held = log_.held()
-        ours = sum(held.values())
-        step_rate, rec_rate = self.stats.rates(now)
-        own = self.applied.get(self.me, 0)
-        times = self.stats.step_times
-        return NodeStatus(
-            node=self.me,
-            run=self.manifest.name,
-            run_id=self.session.run_id.hex(),
-            mode="open" if self.manifest.open_mode else "signed",
+        return compose_status(
+            me=self.me,
+            manifest=self.manifest,
             phase=self.phase,
             ready=self.ready,
-            version_vector=dict(sorted(self.applied.items())),
-            vv_digest=digest(self.applied),
-            fingerprint=fp,
-            fingerprint_vv_digest=fp_digest,
-            fingerprint_stale=stale,
-            records=RecordsStatus(
-                applied=sum(self.applied.values()),
-                held=log_.held_count(),
-                pending=self._pending(),
-                unflushed=len(self._unsealed),
-            ),
-            steps=StepsStatus(
-                taken=own,
-                this_session=self.stats.steps,
-                limit=self.max_steps,
-                done=0 <= self.max_steps <= own,
-                per_s=step_rate,
-                seconds_each=sum(times) / len(times) if times else None,
-            ),
-            records_per_s=rec_rate,
-            loss=LossStatus(recent=self.stats.recent_loss(), first=self.stats.first_loss),
-            peers=[
-                PeerStatus(
-                    node=p.node,
-                    alive=p.alive,
-                    last_seen_s=round(p.last_seen_s, 3),
-                    held=dict(p.held),
-                    records=sum(p.held.values()),
-                    lag=ours - sum(p.held.values()),
-                    steps=p.steps,
-                    loss=p.loss,
-                    http=p.http,
-                )
-                for p in self.session.peers(now)
-            ],
-            broker=BrokerStatus(
-                url=tr.url,
-                state=tr.state,
-                connects=tr.connects,
-                last_error=tr.last_error,
-                outbox=tr.outbox,
-                messages_published=tr.messages_published,
-                messages_received=tr.messages_received,
-                bytes_published=tr.bytes_published,
-                records_published=tr.records_published,
-                frame_bytes_published=tr.frame_bytes_published,
-                payload_bytes_per_record=(
-                    tr.frame_bytes_published / tr.records_published
-                    if tr.records_published
-                    else None
-                ),
-            ),
-            dropped={r: dict(c) for r, c in ss.dropped.items()},
-            dropped_total=ss.dropped_total,
-            duplicates=ss.duplicates,
-            sync=SyncStatus(
-                wants_sent=ss.wants_sent,
-                wants_received=ss.wants_received,
-                wants_answered=ss.wants_answered,
-            ),
-            snapshots=SnapshotStatus(taken=self.stats.snapshots, last=self.stats.last_snapshot),
-            headroom_bits=self.stats.headroom_bits,
-            headroom_warning=self.stats.headroom_bits is not None
-            and self.stats.headroom_bits < 1.0,
+            applied=self.applied,
+            fingerprint=await self.fingerprint(fresh=fresh),
+            session=self.session,
+            stats=self.stats,
+            transport=self.transport.statistics(),
+            max_steps=self.max_steps,
+            unsealed=len(self._unsealed),
             model_busy=self.model.busy,
-            device=str(self.replica.engine.device),
-            kernel=self.replica.engine.backend.name,
-            uptime_s=round(now - self.stats.started, 3),
-            restored_records=self.stats.restored_records,
-            replayed_records=self.stats.replayed_records,
+            engine=self.replica.engine,
             http=self.http_url,
+            http_refused=self.http.refused,
+            evals=self.evals,
         )
+
+    def history(self, since: float) -> dict[str, Any]:
+        """The dashboard's curves: own steps (unix time, own records, loss, records applied)
+        after ``since``, and every evaluation."""
+        steps = [list(h) for h in self.stats.history if h[0] > since]
+        evals = [dataclasses.asdict(p) for p in self.evals.points] if self.evals else []
+        return {"steps": steps, "evals": evals}
 
     def log_page(self, after: OrderKey | None, limit: int) -> LogPage:
         records = []
@@ -637,19 +678,3 @@ def _route(session: Session, topic: str) -> Route | None:
         return session.topics.parse(topic)
     except DecodeError:
         return None
-
-
-def _refusal(manifest: Manifest, foreign: ForeignRun) -> str:
-    detail = ""
-    try:
-        other = Manifest.from_dict(foreign.manifest or {})
-        detail = f" (differs in: {', '.join(manifest.differences(other))}"
-        if other.base_hash != manifest.base_hash:
-            detail += f"; their base {other.base_hash[:16]}, ours {manifest.base_hash[:16]}"
-        detail += ")"
-    except SeedswarmError:  # their manifest may be anything; the refusal stands regardless
-        detail = ""
-    return (
-        f"node {foreign.sender} in run {manifest.name!r} runs another manifest{detail}; "
-        f"refusing to join with run id {manifest.run_id().hex()}"
-    )

@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 RATE_WINDOW_S = 30.0  # /status rates (steps.per_s, records_per_s) are over this window
+HISTORY = 20_000  # own steps kept for /history (the dashboard's loss curve)
 
 
 @dataclass(slots=True)
@@ -24,15 +25,23 @@ class Stats:
     first_loss: float | None = None
     snapshots: int = 0
     last_snapshot: str = ""
+    snapshot_failures: int = 0
+    snapshot_error: str = ""  # the last failure, until a snapshot succeeds again
     restored_records: int = 0  # at start-up, from a snapshot
     replayed_records: int = 0  # at start-up, from the log past the snapshot
     headroom_bits: float | None = None
     headroom_tensor: str = ""
 
-    def record_step(self, loss: float, seconds: float) -> None:
+    # (unix time, own records so far, loss, records applied) of the last HISTORY own steps
+    history: deque[tuple[float, int, float, int]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY)
+    )
+
+    def record_step(self, loss: float, seconds: float, own: int = 0, applied: int = 0) -> None:
         self.steps += 1
         self.losses.append(loss)
         self.step_times.append(seconds)
+        self.history.append((time.time(), own, loss, applied))
         if self.first_loss is None:
             self.first_loss = loss
 

@@ -146,6 +146,12 @@ def training_examples(plan: RunPlan, engine: Engine, shard: tuple[int, int]) -> 
     return ex.subset(shard_indices(len(ex), shard))
 
 
+def held_out_examples(ref: str, engine: Engine, limit: int = 0) -> Examples:
+    """Held-out data (``--eval``), prepared for the run's task; the first ``limit`` only."""
+    ex = prepare(read(ref), engine.manifest.task, engine.task_model.tokenizer)
+    return ex.subset(range(min(limit, len(ex)))) if limit else ex
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

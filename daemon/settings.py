@@ -257,11 +257,26 @@ class NodeSettings:
         "own ZO steps to take, then keep serving and applying (-1: no limit)",
         check=steps_limit,
     )
-    frame_window: float = setting(
-        0.2, "seconds a frame collects own records before it is sent", check=non_negative
+    max_latency: float = setting(
+        5.0,
+        "most seconds an own record waits to be published (a frame goes out once full or "
+        "when its oldest record is this old)",
+        check=non_negative,
     )
-    frame_records: int = setting(256, "most records in one frame", check=positive)
-    presence_interval: float = setting(2.0, "seconds between presence heartbeats", check=positive)
+    frame_records: int = setting(1024, "most records in one frame", check=positive)
+    step_interval: float = setting(
+        0.0,
+        "at most one own step per this many seconds (0: as fast as the model goes)",
+        check=non_negative,
+    )
+    presence_interval: float = setting(
+        60.0,
+        "seconds between presence heartbeats (presence also goes out when it changes)",
+        check=positive,
+    )
+    mqtt_version: str = setting(
+        "auto", "MQTT version: auto (5, else 3.1.1), 5 or 3.1.1", choices=("auto", "5", "3.1.1")
+    )
     snapshot_every: int = setting(2000, "records applied between snapshots", check=positive)
     join_wait: float = setting(
         1.0, "seconds to listen for peers before the first step", check=non_negative
@@ -273,6 +288,16 @@ class NodeSettings:
     torch_threads: int = setting(
         0, "torch threads on the model thread (0: torch's default)", check=non_negative
     )
+    eval: str = setting("", "held-out data to evaluate on while training (same format as --data)")
+    eval_every: int = setting(
+        0,
+        "evaluate each time the records applied reach a multiple of this (0: never); every "
+        "node evaluates at the same counts",
+        check=non_negative,
+    )
+    eval_limit: int = setting(
+        0, "evaluate on the first N examples only (0: all)", check=non_negative
+    )
 
     def __post_init__(self) -> None:
         # the checks that need no model: a typo costs one line, not a model load
@@ -282,6 +307,8 @@ class NodeSettings:
             raise ConfigError(
                 f"--topic-prefix {self.topic_prefix!r}: one topic level, without / + #"
             )
+        if bool(self.eval) != bool(self.eval_every):
+            raise ConfigError("--eval FILE and --eval-every N go together")
 
     @property
     def node(self) -> str:
@@ -293,6 +320,12 @@ class NodeSettings:
 
     def broker_address(self) -> BrokerAddress:
         return BrokerAddress.parse(self.broker, username=self.username, password=self.password)
+
+    @property
+    def keepalive(self) -> int:
+        """MQTT keep-alive: as slow as the heartbeat allows, for few bytes, but at most a
+        minute, so that a vanished node's will comes within 1.5 minutes."""
+        return int(min(60.0, max(5.0, self.presence_interval)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -360,13 +393,27 @@ class SwarmSettings:
         "after Ctrl+C, seconds the nodes may take to apply the last records and agree",
         check=non_negative,
     )
-    presence_interval: float = setting(1.0, "seconds between the nodes' heartbeats", check=positive)
+    presence_interval: float = setting(5.0, "seconds between the nodes' heartbeats", check=positive)
+    max_latency: float = setting(
+        1.0, "most seconds a node's record waits to be published", check=non_negative
+    )
+    eval: str = setting("", "held-out data every node evaluates on while training")
+    eval_every: int = setting(
+        0,
+        "every node evaluates when its records applied reach a multiple of this",
+        check=non_negative,
+    )
+    eval_limit: int = setting(
+        0, "evaluate on the first N examples only (0: all)", check=non_negative
+    )
     json: bool = setting(False, "print the nodes' final status as one JSON object")
 
     def __post_init__(self) -> None:
         check_device(self.device)
         if self.broker:
             BrokerAddress.parse(self.broker)
+        if bool(self.eval) != bool(self.eval_every):
+            raise ConfigError("--eval FILE and --eval-every N go together")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

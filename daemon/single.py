@@ -28,6 +28,7 @@ from .datadir import DataDir
 from .errors import ConfigError
 from .runspec import open_engine, plan_run, resolve_device, training_examples
 from .settings import EvalSettings, ReplaySettings, TrainSettings
+from .store import Stored
 
 
 def train(s: TrainSettings) -> int:
@@ -89,7 +90,8 @@ def _train(s: TrainSettings, replica: Replica, session: Session, store: Any, out
     def flush() -> None:
         if pending:
             sealed = session.seal(pending)
-            store.append([(x.frame, x.body) for x in sealed])
+            store.append([Stored(x.frame, x.body) for x in sealed])
+            session.stored(sealed)
             pending.clear()
 
     while replica.next_own_seq < s.steps:
@@ -160,9 +162,9 @@ def _mean(xs: list[float]) -> float | None:
 def replay(s: ReplaySettings) -> int:
     """Rebuild the fine-tuned model from the base and the log alone."""
     run_dir = DataDir(Path(s.run_dir))
-    manifest, log = run_dir.load()
-    # Only contiguous per-node prefixes: a swarm node's store may also hold records that arrived
-    # beyond a gap; applying them would give weights that match no version vector.
+    manifest, log, beyond_gaps = run_dir.load()
+    # Only contiguous per-node prefixes: a store of an older node may also hold records that
+    # arrived beyond a gap; applying them would give weights that match no version vector.
     records = list(log.ordered())
     vv = log.held()
     device = resolve_device(s.device)
@@ -185,7 +187,6 @@ def replay(s: ReplaySettings) -> int:
         matches = snap.fingerprint == fingerprint
     if s.out:
         engine.save_pretrained(Path(s.out))
-    beyond_gaps = log.pending_count()
     summary = {
         "command": "replay",
         "run_id": manifest.run_id().hex(),
@@ -211,7 +212,7 @@ def replay(s: ReplaySettings) -> int:
         )
         if beyond_gaps:
             say(
-                f"left out {beyond_gaps} stored records that lie beyond a gap in their "
+                f"left out {beyond_gaps} stored frames that lie beyond a gap in their "
                 "node's sequence (the node had not received what comes before them)"
             )
         if matches is not None:
@@ -229,7 +230,7 @@ def replay(s: ReplaySettings) -> int:
 def evaluate(s: EvalSettings) -> int:
     """Loss (and accuracy) of a run's current model on a held-out file."""
     run_dir = DataDir(Path(s.run_dir))
-    manifest, log = run_dir.load()
+    manifest, log, _ = run_dir.load()
     device = resolve_device(s.device)
     engine = Engine.open(manifest, model_ref=s.model or None, device=device, kernel=s.kernel)
     examples = prepare(read(s.data), manifest.task, engine.task_model.tokenizer)

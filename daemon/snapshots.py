@@ -46,7 +46,10 @@ def save(
     fingerprint: str,
 ) -> SnapshotInfo:
     """Write ``snap-<records>.safetensors`` atomically (temp file, fsync, rename) and prune."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {directory}: {exc.strerror}") from exc
     records = sum(version_vector.values())
     path = directory / f"snap-{records:012d}.safetensors"
     tmp = path.with_suffix(".tmp")
@@ -66,8 +69,10 @@ def save(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
-        raise StoreError(f"cannot write snapshot {path}: {exc.strerror}") from exc
+    except (OSError, SafetensorError) as exc:  # a full disk, too many open files, ...
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StoreError(f"cannot write snapshot {path}: {reason}") from exc
     for old in sorted(directory.glob("snap-*.safetensors"))[:-KEEP]:
         old.unlink(missing_ok=True)
     return SnapshotInfo(path, run_id, dict(version_vector), fingerprint, records)

@@ -19,9 +19,10 @@ class PeerStatus:
     node: str
     alive: bool
     last_seen_s: float
-    held: dict[str, int]
-    records: int
-    lag: int  # records this node holds that the peer does not (negative: it is ahead)
+    own: int  # records it wrote itself
+    records: int  # records it holds
+    held_digest: str  # the digest of its version vector (equal digests: equal records)
+    lag: int  # records this node holds beyond the peer's count (negative: it is ahead)
     steps: int
     loss: float | None
     http: str
@@ -77,6 +78,19 @@ class SyncStatus:
 class SnapshotStatus:
     taken: int
     last: str
+    failures: int
+    error: str  # why the last attempt failed ("" once one succeeds)
+
+
+@dataclass(frozen=True, slots=True)
+class EvalStatus:
+    """The latest in-node evaluation (``--eval``)."""
+
+    records: int
+    loss: float
+    accuracy: float | None
+    examples: int
+    points: int  # evaluations so far (all of them at /evals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +126,8 @@ class NodeStatus:
     restored_records: int
     replayed_records: int
     http: str
+    http_refused: int  # connections closed because too many were open
+    eval: EvalStatus | None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,18 +7,20 @@ that decides what is new. Everything that reaches the store has already been che
 run, signature; OrderedLog: duplicates, equivocation), so the store only has to be durable and
 fast. It keeps each frame once, exactly as received:
 
-  * ``frames(node, first_seq, count, body)``: the frame's bytes, signature included, so what
-    this node serves to a peer verifies against its author's key, and so the log can be read
-    back (``load_log``) into an ``OrderedLog`` by decoding them.
+  * ``frames(node, first_seq, count, provisional, body)``: the frame's bytes, signature
+    included, so what this node serves to a peer verifies against its author's key, and so the
+    log can be read back (``load_log``) into an ``OrderedLog`` by decoding them;
+    ``provisional`` marks a third party's copy (an open run, its author away).
   * ``meta``: the run id and manifest the file belongs to; a store never mixes runs.
 
 Invariants:
   * Writes are batched into transactions and committed with ``synchronous=FULL``: when
     ``append`` returns, the frames survive kill -9 and power loss. A node publishes its own
     frames only after that, so it can never reuse a seq with another byte.
-  * Frames are never rewritten. Reading the log back rejects a file whose frames contradict
-    each other (it cannot happen after the OrderedLog check; if it does, the store refuses to
-    serve rather than guess).
+  * Frames are never rewritten; they are deleted only when the log retracts provisional
+    records (``retract``). Reading the log back rejects a file whose frames contradict each
+    other (it cannot happen after the OrderedLog check; if it does, the store refuses to serve
+    rather than guess).
   * One thread owns the connection (``StoreThread``); the event loop never runs SQLite.
 """
 
@@ -28,6 +30,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -35,19 +38,28 @@ from seedswarm.protocol.codec import decode_frame
 from seedswarm.protocol.errors import ProtocolError
 from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.manifest import Manifest
-from seedswarm.protocol.records import MAX_FRAME_RECORDS, Frame
+from seedswarm.protocol.records import MAX_FRAME_RECORDS, SEQ_LIMIT, Frame
 
 from .errors import StoreError
 
-SCHEMA_VERSION = "2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS frames (
-    node TEXT NOT NULL, first_seq INTEGER NOT NULL, count INTEGER NOT NULL, body BLOB NOT NULL,
+    node TEXT NOT NULL, first_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    provisional INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (node, first_seq, count)) WITHOUT ROWID;
 """
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A frame to store: the frame, its bytes as received, and whether it is provisional."""
+
+    frame: Frame
+    body: bytes
+    provisional: bool = False
 
 
 class LogStore(Protocol):
@@ -64,8 +76,12 @@ class LogStore(Protocol):
         """Feed every stored frame into ``log``; returns how many records were new."""
         ...
 
-    def append(self, frames: Sequence[tuple[Frame, bytes]]) -> None:
+    def append(self, frames: Sequence[Stored]) -> None:
         """Store checked frames (with their bytes as received) in one durable transaction."""
+        ...
+
+    def retract(self, node: str, first: int) -> None:
+        """Delete ``node``'s frames that hold records from ``first`` on (provisional ones)."""
         ...
 
     def frames_for(self, node: str, first: int, count: int) -> list[bytes]:
@@ -82,23 +98,27 @@ class SqliteLogStore:
         self.path = path
         self._run_id = b""
         self._keys: dict[str, bytes] | None = None
+        self.beyond_gaps = 0  # frames that lie beyond a gap (an older node stored them)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._check_format()
             self._db.executescript(SCHEMA)
-            self._upgrade()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the log store {path}: {exc}") from exc
 
-    def _upgrade(self) -> None:
-        """Files of log format 1 kept every record a second time beside its frame."""
+    def _check_format(self) -> None:
+        """A log of protocol 1 (msgpack frames) cannot be read by protocol 2: say so."""
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
-        with self._tx():
-            if "records" in tables:
-                self._db.execute("DROP TABLE records")
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(frames)")}
+        if "records" in tables or (columns and "provisional" not in columns):
+            self._db.close()
+            raise StoreError(
+                f"{self.path} is the log of an older seedswarm (protocol 1); this one speaks "
+                "protocol 2: give the node a new data directory"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -130,14 +150,27 @@ class SqliteLogStore:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def append(self, frames: Sequence[tuple[Frame, bytes]]) -> None:
+    def append(self, frames: Sequence[Stored]) -> None:
         if not frames:
             return
+        rows = [
+            (s.frame.node, s.frame.first_seq, s.frame.count, s.provisional, s.body) for s in frames
+        ]
         try:
             with self._tx():
                 self._db.executemany(
-                    "INSERT INTO frames VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    ((f.node, f.first_seq, f.count, body) for f, body in frames),
+                    "INSERT INTO frames VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc}") from exc
+
+    def retract(self, node: str, first: int) -> None:
+        try:
+            with self._tx():
+                self._db.execute(
+                    "DELETE FROM frames WHERE node = ? AND first_seq + count > ? "
+                    "AND (provisional OR first_seq >= ?)",
+                    (node, first, first),
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to {self.path}: {exc}") from exc
@@ -148,35 +181,40 @@ class SqliteLogStore:
         if not self._run_id:
             raise StoreError("bind the store to its run before reading the log")
         n = 0
+        self.beyond_gaps = 0
         rows = self._db.execute(
-            "SELECT node, first_seq, body FROM frames ORDER BY node, first_seq, count DESC"
+            "SELECT node, first_seq, provisional, body FROM frames "
+            "ORDER BY node, first_seq, count DESC"
         )
-        for node, first, body in rows:
+        for node, first, provisional, body in rows:
             try:
                 # checked before it was stored: the signature need not be verified again
                 frame = decode_frame(
-                    bytes(body), run_id=self._run_id, keys=self._keys, verify=False
+                    bytes(body), run_id=self._run_id, node=node, keys=self._keys, verify=False
                 )
-                if (frame.node, frame.first_seq) != (node, first):
+                if frame.first_seq != first:
                     raise StoreError(f"{self.path}: a frame stored as {node} {first} is not")
-                n += len(log.offer(frame).new)
+                offered = log.offer(frame, provisional=bool(provisional))
             except ProtocolError as exc:
                 raise StoreError(
                     f"{self.path}: the stored frame {node} {first} is unusable ({exc}); "
                     "the file was changed by something else than seedswarm"
                 ) from exc
+            n += len(offered.new)
+            self.beyond_gaps += offered.beyond_gap
         return n
 
     def frames_for(
         self, node: str, first: int, count: int, limit_records: int = MAX_FRAME_RECORDS
     ) -> list[bytes]:
-        end = first + min(count, limit_records)
+        end = min(first + min(count, limit_records), SEQ_LIMIT)
         out: list[bytes] = []
         covered = first
+        # `end - 1`: seqs stop below 2**63, and SQLite's integers too
         for f_first, f_count, body in self._db.execute(
-            "SELECT first_seq, count, body FROM frames WHERE node = ? AND first_seq < ? "
+            "SELECT first_seq, count, body FROM frames WHERE node = ? AND first_seq <= ? "
             "AND first_seq + count > ? ORDER BY first_seq, count DESC",
-            (node, end, first),
+            (node, end - 1, first),
         ):
             if f_first + f_count <= covered:
                 continue  # already covered by an earlier, longer frame

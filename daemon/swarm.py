@@ -181,7 +181,14 @@ class Swarm:
                 str(s.torch_threads),
                 "--presence-interval",
                 str(s.presence_interval),
+                "--max-latency",
+                str(s.max_latency),
             ]
+            if self.broker is not None:
+                args += ["--mqtt-version", "3.1.1"]  # amqtt speaks MQTT 3.1.1 only
+            if s.eval:
+                args += ["--eval", s.eval, "--eval-every", str(s.eval_every)]
+                args += ["--eval-limit", str(s.eval_limit)]
             if m.name in self._key_files:
                 args += ["--key-file", str(self._key_files[m.name])]
             env = dict(
@@ -204,6 +211,7 @@ class Swarm:
             f"started {n} nodes in {self.base} (logs: <node>/node.log); Ctrl+C stops them",
             quiet=self.quiet,
         )
+        say(f"dashboard: http://{self.members[0].http}/", quiet=self.quiet)
 
     # -- watching -----------------------------------------------------------------------------
 

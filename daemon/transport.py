@@ -5,20 +5,27 @@ drain, close, and statistics. ``MqttTransport`` is the real one; tests that only
 node's logic may pass an in-memory bus instead (tests/unit/daemon/memory_bus.py, a fake).
 
 MQTT details:
-* aiomqtt 2.x, MQTT 3.1.1, QoS 1, ``clean_session=False`` and a stable client id: while the
-  node is away the broker queues what its subscriptions match, and delivers it on reconnect.
+* MQTT 5 where the broker speaks it (Mosquitto 2 does), 3.1.1 otherwise (amqtt): ``auto``
+  tries 5 first, with a short wait for the CONNACK, and stays with what worked. MQTT 5 gives
+  No Local (a node does not get its own frames back), topic aliases (after the first frame, a
+  node's own frames name their topic in 3 bytes) and a session expiry.
+* A stable client id and a persistent session (``clean_start`` off): while the node is away
+  the broker keeps its subscriptions and what it had not yet acknowledged. Frames, presence and
+  bundles are received at QoS 0 (no acknowledgement per message: gap filling recovers what is
+  lost); what a node publishes, and the sync topic it is asked on, use QoS 1.
 * Every connection attempt gets a fresh ``aiomqtt.Client``. aiomqtt 2.x cannot be re-entered
   after an unexpected disconnection: its CONNACK future stays resolved, so the next ``async
   with`` reports "connected" as soon as TCP connects, before (or without) the broker accepting
   (aiomqtt issues #288, #369). Nothing lives in the old client that we need: the broker keeps
   the session, and the outbox re-sends whatever the broker had not acknowledged.
 * Exactly one loop reconnects, with exponential backoff and full jitter.
-* The outbox is a deque that lives as long as the node: a message leaves it only when the
-  broker acknowledged it (PUBACK), so a reconnect loses nothing. Publishing runs in its own
-  task, which waits for the connection instead of reconnecting itself; when a connection
-  ends, a publish still waiting on it is aborted at once and re-sent on the next. Delivery is
-  at least once: a frame whose PUBACK was lost is sent again, and receivers drop the duplicate
-  by ``(node, seq)``. Of retained messages on one topic (presence) only the newest waits.
+* The outbox lives as long as the node, in two lanes: own messages (frames, presence, wants)
+  first, then answers to peers. A message leaves only once the broker acknowledged it, so a
+  reconnect loses nothing; when a connection ends, a publish still waiting on it is aborted at
+  once and re-sent on the next (at least once: receivers drop duplicates by ``(node, seq)``).
+  Of retained messages on one topic (presence) only the newest waits. The answers lane is
+  bounded: a flood of wants can fill it, never the memory; what does not fit is dropped and
+  counted, and the asker asks again.
 * The will (``alive = False``, retained) marks the node gone if the connection dies without a
   goodbye.
 """
@@ -32,30 +39,41 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from seedswarm.protocol.session import Outgoing
+from seedswarm.protocol.topics import Subscription
 
 from .settings import BrokerAddress
 
 log = logging.getLogger("seedswarm.transport")
 
 OnMessage = Callable[[str, bytes], None]
+PEER_LANE = ("answer", "vv")  # what a node sends because a peer asked: the second lane
+MAX_PEER_LANE = 2048  # messages; beyond this answers are dropped (the asker asks again)
+SESSION_EXPIRY_S = 3600  # how long the broker keeps a node's session while it is away
+V5_CONNACK_WAIT_S = 3.0  # `auto`: how long a first MQTT 5 attempt waits for the broker
 
 
 @dataclass(frozen=True, slots=True)
 class TransportStatistics:
     url: str
+    protocol: str  # "5" or "3.1.1" (what the broker spoke last), "" before the first connection
     state: str  # starting, connecting, connected, disconnected, closed
     connected: bool
     connects: int
     last_error: str
     outbox: int
+    dropped_answers: int  # answers that did not fit the outbox
     messages_published: int
     messages_received: int
     bytes_published: int
+    bytes_received: int
     records_published: int
     frame_bytes_published: int  # payload bytes of own record frames only
 
@@ -65,9 +83,11 @@ class TransportSpec:
     """What a node asks of its transport: who it is, what it listens to, its will."""
 
     client_id: str
-    subscriptions: list[str]
+    subscriptions: list[Subscription]
     on_message: OnMessage
     will: Outgoing
+    aliases: tuple[str, ...] = ()  # own topics worth a topic alias (MQTT 5)
+    on_drop: Callable[[Outgoing], None] | None = None  # an answer that did not fit
 
 
 class Transport(Protocol):
@@ -114,34 +134,62 @@ class Backoff:
         return max(delay, 0.05)
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, keeping the CONNACK's properties (aiomqtt drops them), from which
+    the broker's topic alias maximum is read."""
+
+    connack: Properties | None = None
+
+    def _on_connect(
+        self,
+        client: Any,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Properties | None = None,
+    ) -> None:
+        self.connack = properties
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+
 class MqttTransport:
     def __init__(
         self,
         address: BrokerAddress,
         spec: TransportSpec,
         *,
+        version: str = "auto",
         ca_file: str = "",
-        keepalive: int = 15,
+        keepalive: int = 60,
     ) -> None:
+        if version not in ("auto", "5", "3.1.1"):
+            raise ValueError(f"MQTT version {version!r}: auto, 5 or 3.1.1")
         self.address = address
         self.spec = spec
-        self.will = aiomqtt.Will(spec.will.topic, spec.will.payload, qos=1, retain=True)
+        self.version = version
         self.ca_file = ca_file
         self.keepalive = keepalive
-        self.outbox: collections.deque[Outgoing] = collections.deque()
+        self.own: collections.deque[Outgoing] = collections.deque()  # frames, presence, wants
+        self.peer: collections.deque[Outgoing] = collections.deque()  # answers to peers
         self._outbox_changed = asyncio.Event()
         self._outbox_empty = asyncio.Event()
         self._outbox_empty.set()
         self.connected = asyncio.Event()
+        self.protocol = ""
         self.state = "starting"
         self.connects = 0
         self.last_error = ""
+        self.dropped_answers = 0
         self.bytes_published = 0
+        self.bytes_received = 0
         self.records_published = 0
         self.frame_bytes_published = 0
         self.messages_published = 0
         self.messages_received = 0
-        self._client: aiomqtt.Client | None = None
+        self._v5 = version != "3.1.1"
+        self._aliases: dict[str, int] = {}  # own topic -> alias on this connection
+        self._aliased: set[str] = set()  # aliases the broker has learnt on this connection
+        self._client: _Client | None = None
         self._inflight: asyncio.Timeout | None = None  # the publish awaiting its PUBACK
         self._inflight_item: Outgoing | None = None
         self._task: asyncio.Task[None] | None = None
@@ -150,22 +198,26 @@ class MqttTransport:
     # -- the Transport surface -----------------------------------------------------------------
 
     def publish(self, item: Outgoing) -> None:
-        if item.retain:
-            # only the newest retained message of a topic matters: drop a queued older one
-            # (never the one being sent, which the publisher removes when it is acknowledged)
-            stale = [
-                m
-                for m in self.outbox
-                if m.retain and m.topic == item.topic and m is not self._inflight_item
-            ]
-            for m in stale:
-                self.outbox.remove(m)
-        self.outbox.append(item)
+        if item.kind in PEER_LANE:
+            if len(self.peer) >= MAX_PEER_LANE:
+                self.dropped_answers += 1
+                if self.spec.on_drop is not None:
+                    self.spec.on_drop(item)
+                return
+            self.peer.append(item)
+        else:
+            if item.retain:
+                # only the newest retained message of a topic matters: drop a queued older one
+                # (never the one being sent, which the publisher removes when it is acknowledged)
+                for m in [m for m in self.own if m.retain and m.topic == item.topic]:
+                    if m is not self._inflight_item:
+                        self.own.remove(m)
+            self.own.append(item)
         self._outbox_empty.clear()
         self._outbox_changed.set()
 
     async def drain(self, seconds: float) -> bool:
-        if not self.outbox:
+        if not self.own and not self.peer:
             return True
         if not self.connected.is_set():
             return False
@@ -173,7 +225,7 @@ class MqttTransport:
             async with asyncio.timeout(seconds):
                 await self._outbox_empty.wait()
         except TimeoutError:
-            return not self.outbox
+            return not self.own and not self.peer
         return True
 
     def close(self) -> None:
@@ -186,14 +238,17 @@ class MqttTransport:
     def statistics(self) -> TransportStatistics:
         return TransportStatistics(
             url=self.address.display(),
+            protocol=self.protocol,
             state=self.state,
             connected=self.connected.is_set(),
             connects=self.connects,
             last_error=self.last_error,
-            outbox=len(self.outbox),
+            outbox=len(self.own) + len(self.peer),
+            dropped_answers=self.dropped_answers,
             messages_published=self.messages_published,
             messages_received=self.messages_received,
             bytes_published=self.bytes_published,
+            bytes_received=self.bytes_received,
             records_published=self.records_published,
             frame_bytes_published=self.frame_bytes_published,
         )
@@ -205,24 +260,50 @@ class MqttTransport:
 
     # -- the connection loop ---------------------------------------------------------------------
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> _Client:
         tls = None
         if self.address.tls:
             tls = aiomqtt.TLSParameters(ca_certs=self.ca_file or None, cert_reqs=ssl.CERT_REQUIRED)
-        return aiomqtt.Client(
+        w = self.spec.will
+        will = aiomqtt.Will(w.topic, w.payload, qos=1, retain=w.retain)
+        common: dict[str, Any] = {
+            "identifier": self.spec.client_id,
+            "username": self.address.username,
+            "password": self.address.password,
+            "will": will,
+            "keepalive": self.keepalive,
+            "tls_params": tls,
+            "max_inflight_messages": 64,
+        }
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = SESSION_EXPIRY_S
+            first_try = self.version == "auto" and not self.protocol
+            return _Client(
+                self.address.host,
+                self.address.port,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False,
+                properties=props,
+                timeout=V5_CONNACK_WAIT_S if first_try else 10,
+                **common,
+            )
+        return _Client(
             self.address.host,
             self.address.port,
-            identifier=self.spec.client_id,
-            clean_session=False,
             protocol=aiomqtt.ProtocolVersion.V311,
-            username=self.address.username,
-            password=self.address.password,
-            will=self.will,
-            keepalive=self.keepalive,
-            tls_params=tls,
+            clean_session=False,
             timeout=10,
-            max_inflight_messages=64,
+            **common,
         )
+
+    def _subscriptions(self) -> list[tuple[str, Any]]:
+        if self._v5:
+            return [
+                (s.topic, SubscribeOptions(qos=s.qos, noLocal=s.no_local))
+                for s in self.spec.subscriptions
+            ]
+        return [(s.topic, s.qos) for s in self.spec.subscriptions]
 
     async def _connection(self) -> None:
         """Connect, subscribe, read; on any connection failure back off and do it again.
@@ -237,24 +318,39 @@ class MqttTransport:
                 self.state = "connecting"
                 client = self._make_client()  # fresh per attempt: see the module docstring
                 self._client = client
+                self._aliased.clear()
                 try:
                     async with client:
                         self.connects += 1
+                        self.protocol = "5" if self._v5 else "3.1.1"
                         self.state = "connected"
                         backoff.reset()
-                        await client.subscribe([(t, 1) for t in self.spec.subscriptions])
+                        self._set_aliases(client.connack)
+                        await client.subscribe(self._subscriptions())
                         self.connected.set()
                         self._outbox_changed.set()  # wake the publisher
                         log.info(
-                            "connected to %s as %s", self.address.display(), self.spec.client_id
+                            "connected to %s as %s (MQTT %s)",
+                            self.address.display(),
+                            self.spec.client_id,
+                            self.protocol,
                         )
                         async for message in client.messages:
                             payload = message.payload
                             if isinstance(payload, bytes | bytearray):
                                 self.messages_received += 1
+                                self.bytes_received += len(payload)
                                 self.spec.on_message(message.topic.value, bytes(payload))
                 except aiomqtt.MqttError as exc:
                     self.last_error = str(exc) or type(exc).__name__
+                    if self.version == "auto" and self._v5 and not self.protocol and _no_v5(exc):
+                        log.info(
+                            "broker %s does not speak MQTT 5 (%s); using 3.1.1",
+                            self.address.display(),
+                            self.last_error,
+                        )
+                        self._v5 = False
+                        continue
                     log.warning("broker %s: %s", self.address.display(), self.last_error)
                 finally:
                     self.connected.clear()
@@ -270,30 +366,52 @@ class MqttTransport:
             self.state = "closed"
             self._outbox_changed.set()  # let the publisher see the end
 
+    def _set_aliases(self, connack: Properties | None) -> None:
+        most = int(getattr(connack, "TopicAliasMaximum", 0) or 0) if self._v5 else 0
+        self._aliases = {t: i + 1 for i, t in enumerate(self.spec.aliases[:most])}
+
     def _abort_inflight(self) -> None:
         """End a publish that waits on a connection that is gone (the outbox keeps the item)."""
         scope = self._inflight
         if scope is not None and not scope.expired():
             scope.reschedule(asyncio.get_running_loop().time())
 
+    def _next(self) -> collections.deque[Outgoing] | None:
+        if self.own:
+            return self.own
+        if self.peer:
+            return self.peer
+        return None
+
     async def _publisher(self) -> None:
-        """Send the outbox in order; an item leaves only once the broker acknowledged it."""
+        """Send the outbox, own lane first; an item leaves only once the broker acknowledged
+        it."""
         while True:
-            if self._closing and (not self.outbox or not self.connected.is_set()):
+            lane = self._next()
+            if self._closing and (lane is None or not self.connected.is_set()):
                 return
-            if not self.outbox or not self.connected.is_set():
+            if lane is None or not self.connected.is_set():
                 self._outbox_changed.clear()
                 await self._outbox_changed.wait()
                 continue
             client = self._client
-            item = self.outbox[0]
+            item = lane[0]
+            topic, props = item.topic, None
+            alias = self._aliases.get(item.topic)
+            if alias is not None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.TopicAlias = alias
+                if item.topic in self._aliased:
+                    topic = ""  # the broker knows the alias: 3 bytes instead of the topic
             # No await between creating the scope and entering it, so an abort cannot be missed.
             scope = self._inflight = asyncio.timeout(None)
             self._inflight_item = item
             try:
                 assert client is not None
                 async with scope:
-                    await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+                    await client.publish(
+                        topic, item.payload, qos=1, retain=item.retain, properties=props
+                    )
             except TimeoutError:
                 continue  # aborted: its connection ended; the item goes out on the next one
             except aiomqtt.MqttError as exc:
@@ -303,9 +421,11 @@ class MqttTransport:
             finally:
                 self._inflight = None
                 self._inflight_item = None
-            if self.outbox and self.outbox[0] is item:
-                self.outbox.popleft()
-            if not self.outbox:
+            if alias is not None:
+                self._aliased.add(item.topic)
+            if lane and lane[0] is item:
+                lane.popleft()
+            if not self.own and not self.peer:
                 self._outbox_empty.set()
             self.messages_published += 1
             self.bytes_published += len(item.payload)
@@ -314,8 +434,18 @@ class MqttTransport:
                 self.frame_bytes_published += len(item.payload)
 
 
-def mqtt_factory(address: BrokerAddress, *, ca_file: str = "") -> TransportFactory:
+def _no_v5(exc: aiomqtt.MqttError) -> bool:
+    """The broker took the TCP connection but would not answer, or refused, an MQTT 5
+    CONNECT (amqtt does not answer at all; others refuse with "unsupported protocol")."""
+    if isinstance(exc, aiomqtt.MqttCodeError):
+        return exc.rc in (1, 132)
+    return "timed out" in str(exc).lower()
+
+
+def mqtt_factory(
+    address: BrokerAddress, *, version: str = "auto", ca_file: str = "", keepalive: int = 60
+) -> TransportFactory:
     def make(spec: TransportSpec) -> Transport:
-        return MqttTransport(address, spec, ca_file=ca_file)
+        return MqttTransport(address, spec, version=version, ca_file=ca_file, keepalive=keepalive)
 
     return make

@@ -109,6 +109,22 @@ class Replica:
         _advance(self._vv, records)
         return self.vv
 
+    def retract(self, node: str, records: Sequence[Record]) -> Mapping[str, int]:
+        """Take back ``records`` (a suffix of ``node``'s, from the log's ``retract``): the
+        applied ones are un-applied, exactly (the grid makes ``-q`` undo ``q``), and ``vv``
+        ends where they began. Returns the new vv."""
+        if not records:
+            return self.vv
+        first = records[0].seq
+        held = self._vv.get(node, 0)
+        undo = [Record(r.node, r.seq, -r.q, r.clock) for r in records if r.seq < held]
+        self.engine.apply(undo)
+        if first < held:
+            self._vv[node] = first
+            if not first:
+                del self._vv[node]
+        return self.vv
+
     def catch_up(self, log: OrderedLog, *, batch: int = 256) -> int:
         """Apply every record ``log`` holds that the model does not; returns how many."""
         total = 0

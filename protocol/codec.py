@@ -1,14 +1,22 @@
-"""The msgpack codec for frames, with strict validation and signature checks.
+"""The wire codec: binary frames and bundles, msgpack control messages, signatures.
 
-Wire form of a frame (docs/PROTOCOL.md §7), a msgpack array of seven elements:
+Wire forms (docs/PROTOCOL.md §7):
 
-    [version: int = 1, run_id: bin(8), node: str, first_seq: uint, clock: uint,
-     qs: bin(1..4096), signature: bin(64) | nil]
+    frame   = 0x02 || varint(first_seq) || varint(clock) || qs || [signature(64)]
+    bundle  = 0x03 || ( u8(len(node)) || node || varint(len(frame)) || frame )+
+    message = msgpack array [2, kind, run_id, ...] || [signature(64)]
 
-The signature is Ed25519 over ``SIGN_DOMAIN || canonical msgpack of the first six elements``.
-``decode_frame`` accepts bytes from anyone: everything that is not a valid frame of this run,
-correctly signed when the run lists keys, raises a ``ProtocolError`` whose ``reason`` names the
-problem. It never raises anything else.
+Nothing on the wire repeats what the topic (or the bundle entry) already says: a frame names
+neither its node nor its run, and a control message not its sender. Signatures still cover
+them: an Ed25519 signature (signed runs only, always the last 64 bytes) is over
+
+    domain || run_id || u8(len(node)) || node || the payload without its signature
+
+where ``node`` is the frame's author, or the control message's sender, and ``domain`` says
+what is signed (``seedswarm/frame/v2``, ``seedswarm/msg/v2``).
+
+Every ``decode_*`` accepts bytes from anyone: what is not valid raises a ``ProtocolError``
+whose ``reason`` names the problem, and nothing else.
 """
 
 from __future__ import annotations
@@ -18,21 +26,29 @@ from typing import Any
 
 import msgpack
 
-from .errors import DecodeError, ProtocolError, SignatureError, WrongRunError
-from .records import FRAME_VERSION, MAX_FRAME_RECORDS, Frame
+from . import varint
+from .errors import DecodeError, ProtocolError, SignatureError
+from .ids import NODE_ID_MAX, check_node_id
+from .records import CLOCK_LIMIT, MAX_FRAME_RECORDS, SEQ_LIMIT, SIGNATURE_BYTES, Frame
 from .signing import NodeKey, verify
 
-SIGN_DOMAIN = b"seedswarm/frame/v1"
-MAX_FRAME_BYTES = MAX_FRAME_RECORDS + 256
-MAX_MESSAGE_BYTES = 1 << 20
+FRAME_V2 = 0x02
+BUNDLE_V2 = 0x03
+MESSAGE_VERSION = 2
+FRAME_DOMAIN = b"seedswarm/frame/v2"
+MESSAGE_DOMAIN = b"seedswarm/msg/v2"
+MAX_FRAME_BYTES = 1 + 9 + 9 + MAX_FRAME_RECORDS + SIGNATURE_BYTES  # varints of < 2**63: 9 bytes
+MAX_MESSAGE_BYTES = 1 << 20  # bundles and control messages
+
+Keys = Mapping[str, bytes] | None  # node -> Ed25519 public key; None: an open run
 
 
 def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not allowed", reason="bad_type")
 
 
-def unpack_strict(data: bytes, *, max_bytes: int) -> Any:
-    """Unpack one msgpack value from untrusted bytes, translating every failure to DecodeError."""
+def _unpack_first(data: bytes, *, max_bytes: int) -> tuple[Any, bytes]:
+    """The first msgpack value in untrusted ``data`` and the bytes after it."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}", reason="bad_type")
     if len(data) > max_bytes:
@@ -40,7 +56,7 @@ def unpack_strict(data: bytes, *, max_bytes: int) -> Any:
     if not data:
         raise DecodeError("empty message", reason="truncated")
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
@@ -55,101 +71,188 @@ def unpack_strict(data: bytes, *, max_bytes: int) -> Any:
     except ProtocolError:
         raise
     except msgpack.ExtraData as exc:
-        raise DecodeError("trailing bytes after the message", reason="malformed") from exc
+        return exc.unpacked, bytes(exc.extra)
     except (ValueError, msgpack.UnpackException) as exc:
         reason = "truncated" if "incomplete" in str(exc).lower() else "malformed"
         raise DecodeError(f"not valid msgpack: {exc}", reason=reason) from exc
     except Exception as exc:  # msgpack raises assorted types on hostile input
         raise DecodeError(f"not valid msgpack: {type(exc).__name__}", reason="malformed") from exc
+    return value, b""
 
 
-def _header(frame: Frame) -> list[Any]:
-    return [FRAME_VERSION, frame.run_id, frame.node, frame.first_seq, frame.clock, frame.qs]
-
-
-def signing_bytes(frame: Frame) -> bytes:
-    """What a node signs: the domain tag and the canonical encoding of the unsigned frame."""
-    packed: bytes = msgpack.packb(_header(frame), use_bin_type=True)
-    return SIGN_DOMAIN + packed
-
-
-def sign_frame(frame: Frame, key: NodeKey) -> Frame:
-    return Frame(
-        frame.run_id,
-        frame.node,
-        frame.first_seq,
-        frame.clock,
-        frame.qs,
-        key.sign(signing_bytes(frame)),
-    )
-
-
-def encode_frame(frame: Frame) -> bytes:
-    packed: bytes = msgpack.packb([*_header(frame), frame.signature], use_bin_type=True)
-    return packed
-
-
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DecodeError(
-            f"{what} must be an integer, got {type(value).__name__}", reason="bad_type"
-        )
+def unpack_strict(data: bytes, *, max_bytes: int) -> Any:
+    """Unpack one msgpack value from untrusted bytes, translating every failure to DecodeError."""
+    value, extra = _unpack_first(data, max_bytes=max_bytes)
+    if extra:
+        raise DecodeError("trailing bytes after the message", reason="malformed")
     return value
 
 
+def _signed_bytes(domain: bytes, run_id: bytes, node: str, body: bytes) -> bytes:
+    name = node.encode()
+    return domain + run_id + bytes([len(name)]) + name + body
+
+
+def _check(domain: bytes, run_id: bytes, node: str, body: bytes, sig: bytes, keys: Keys) -> None:
+    assert keys is not None
+    public = keys.get(node)
+    if public is None:
+        raise SignatureError(f"node {node} may not speak in this run", reason="unknown_signer")
+    if not verify(public, _signed_bytes(domain, run_id, node, body), sig):
+        raise SignatureError(f"invalid signature in a message of {node}", reason="bad_signature")
+
+
+def _split_signature(data: bytes, keys: Keys, minimum: int) -> tuple[bytes, bytes | None]:
+    if keys is None:
+        return data, None
+    if len(data) < minimum + SIGNATURE_BYTES:
+        raise SignatureError("a signed run: the frame lacks its signature", reason="unsigned")
+    return data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
+
+
+# == frames =========================================================================================
+
+
+def _frame_body(frame: Frame) -> bytes:
+    return (
+        bytes([FRAME_V2]) + varint.encode(frame.first_seq) + varint.encode(frame.clock) + frame.qs
+    )
+
+
+def sign_frame(frame: Frame, key: NodeKey) -> Frame:
+    sig = key.sign(_signed_bytes(FRAME_DOMAIN, frame.run_id, frame.node, _frame_body(frame)))
+    return Frame(frame.run_id, frame.node, frame.first_seq, frame.clock, frame.qs, sig)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    return _frame_body(frame) + (frame.signature or b"")
+
+
 def decode_frame(
-    data: bytes, *, run_id: bytes, keys: Mapping[str, bytes] | None, verify: bool = True
+    data: bytes, *, run_id: bytes, node: str, keys: Keys, verify: bool = True
 ) -> Frame:
-    """Decode and check one frame of run ``run_id``.
+    """A frame of ``node`` in run ``run_id`` (the node and run come from where it was found).
 
-    ``keys`` maps node ids to Ed25519 public keys; ``None`` means the run is in open mode,
-    where frames carry no signature. ``verify=False`` skips the signature check: only for
-    frames this node checked before it stored them (its own log).
+    ``keys``: the run's public keys, or None in an open run (frames carry no signature there).
+    ``verify=False`` skips the signature check: only for frames this node checked before it
+    stored them (its own log).
     """
-    value = unpack_strict(data, max_bytes=MAX_FRAME_BYTES)
-    return frame_from_value(value, run_id=run_id, keys=keys if verify else _UNCHECKED)
-
-
-_UNCHECKED: Mapping[str, bytes] = {}  # sentinel: decode the signature field, do not check it
-
-
-def frame_from_value(value: Any, *, run_id: bytes, keys: Mapping[str, bytes] | None) -> Frame:
-    if not isinstance(value, list):
+    if len(data) > MAX_FRAME_BYTES:
         raise DecodeError(
-            f"a frame is a msgpack array, got {type(value).__name__}", reason="bad_type"
+            f"a frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}", reason="oversized"
         )
-    if len(value) != 7:
-        raise DecodeError(f"a frame has 7 elements, got {len(value)}", reason="malformed")
-    version, rid, node, first_seq, clock, qs, signature = value
-    if _int(version, "version") != FRAME_VERSION:
-        raise DecodeError(f"frame version {version} is not supported", reason="bad_version")
-    if not isinstance(rid, bytes):
-        raise DecodeError("run id must be bytes", reason="bad_type")
-    if not isinstance(qs, bytes):
-        raise DecodeError("record bytes must be a msgpack bin", reason="bad_type")
-    if signature is not None and not isinstance(signature, bytes):
-        raise DecodeError("signature must be bytes or nil", reason="bad_type")
-    frame = Frame(rid, node, _int(first_seq, "first seq"), _int(clock, "clock"), qs, signature)
-    if rid != run_id:
-        raise WrongRunError(f"frame of run {rid.hex()} is not for run {run_id.hex()}")
-    if keys is not _UNCHECKED:
-        check_signature(frame, keys)
+    if not data:
+        raise DecodeError("empty frame", reason="truncated")
+    if data[0] != FRAME_V2:
+        raise DecodeError(f"frame format {data[0]:#04x} is not supported", reason="bad_version")
+    body, sig = _split_signature(bytes(data), keys, 4)
+    first, pos = varint.decode(body, 1, limit=SEQ_LIMIT)
+    clock, pos = varint.decode(body, pos, limit=CLOCK_LIMIT)
+    qs = body[pos:]
+    if not qs:
+        raise DecodeError("a frame carries at least one record", reason="truncated")
+    if len(qs) > MAX_FRAME_RECORDS:
+        raise DecodeError(
+            f"a frame carries at most {MAX_FRAME_RECORDS} records", reason="oversized"
+        )
+    frame = Frame(run_id, node, first, clock, qs, sig)
+    if sig is not None and verify:
+        _check(FRAME_DOMAIN, run_id, node, body, sig, keys)
     return frame
 
 
-def check_signature(frame: Frame, keys: Mapping[str, bytes] | None) -> None:
+# == bundles ========================================================================================
+
+
+def encode_bundle(entries: list[tuple[str, bytes]]) -> bytes:
+    """Frames of any nodes, each as its author sent it: ``[(node, frame bytes), ...]``."""
+    out = bytearray([BUNDLE_V2])
+    for node, frame in entries:
+        name = node.encode()
+        out += bytes([len(name)]) + name + varint.encode(len(frame)) + frame
+    return bytes(out)
+
+
+def decode_bundle(data: bytes) -> list[tuple[str, bytes]]:
+    """The entries of a bundle; the frames themselves are decoded (and checked) one by one."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"a bundle of {len(data)} bytes exceeds 1 MiB", reason="oversized")
+    if not data:
+        raise DecodeError("an empty bundle", reason="truncated")
+    if data[0] != BUNDLE_V2:
+        raise DecodeError(f"bundle format {data[0]:#04x} is not supported", reason="bad_version")
+    if len(data) < 2:
+        raise DecodeError("a bundle without entries", reason="truncated")
+    out = []
+    pos = 1
+    while pos < len(data):
+        size = data[pos]
+        if not 1 <= size <= NODE_ID_MAX:
+            raise DecodeError(f"a node id of {size} bytes in a bundle entry", reason="bad_range")
+        if pos + 1 + size > len(data):
+            raise DecodeError("a bundle entry's node id runs past the end", reason="truncated")
+        try:
+            node = check_node_id(bytes(data[pos + 1 : pos + 1 + size]).decode())
+        except UnicodeDecodeError as exc:
+            raise DecodeError("a node id is not UTF-8", reason="bad_range") from exc
+        length, pos = varint.decode(data, pos + 1 + size)
+        if length > MAX_FRAME_BYTES:
+            raise DecodeError(
+                f"a bundle entry of {length} bytes exceeds {MAX_FRAME_BYTES}", reason="oversized"
+            )
+        if pos + length > len(data):
+            raise DecodeError("a bundle entry runs past the end", reason="truncated")
+        out.append((node, bytes(data[pos : pos + length])))
+        pos += length
+    return out
+
+
+# == control messages ===============================================================================
+
+
+def encode_message(
+    kind: str, run_id: bytes, fields: list[Any], *, sender: str, key: NodeKey | None
+) -> bytes:
+    body: bytes = msgpack.packb([MESSAGE_VERSION, kind, run_id, *fields], use_bin_type=True)
+    if key is None:
+        return body
+    return body + key.sign(_signed_bytes(MESSAGE_DOMAIN, run_id, sender, body))
+
+
+def decode_message(
+    data: bytes, *, sender: str, run_id: bytes, keys: Keys
+) -> tuple[str, bytes, list[Any]]:
+    """(kind, run id, fields) of a control message from ``sender`` (the topic's publisher).
+
+    In a signed run the signature is checked against ``sender``, for a message of ``run_id``;
+    a message of another run comes back unchecked (its run id tells the caller what it is),
+    signed or not: a node whose manifest differs from ours may differ in its keys too.
+
+    The msgpack array delimits itself, so what follows it tells a signed message from an
+    unsigned one: nothing, or exactly a signature.
+    """
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"message of {len(data)} bytes exceeds 1 MiB", reason="oversized")
+    data = bytes(data)
+    value, sig = _unpack_first(data, max_bytes=MAX_MESSAGE_BYTES)
+    if sig and len(sig) != SIGNATURE_BYTES:
+        raise DecodeError("trailing bytes after the message", reason="malformed")
+    if not isinstance(value, list) or len(value) < 3:
+        raise DecodeError("a message is a msgpack array [2, kind, run, ...]", reason="bad_type")
+    version, kind, rid, *fields = value
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DecodeError("message version must be an integer", reason="bad_type")
+    if version != MESSAGE_VERSION:
+        raise DecodeError(f"message version {version} is not supported", reason="bad_version")
+    if not isinstance(kind, str) or not isinstance(rid, bytes) or len(rid) != 8:
+        raise DecodeError("a message names its kind and an 8-byte run id", reason="bad_type")
+    if rid != run_id:
+        return kind, rid, fields
     if keys is None:
-        if frame.signature is not None:
-            raise SignatureError("a signed frame in an open run", reason="bad_signature")
-        return
-    public = keys.get(frame.node)
-    if public is None:
-        raise SignatureError(
-            f"node {frame.node} may not write in this run", reason="unknown_signer"
-        )
-    if frame.signature is None:
-        raise SignatureError("an unsigned frame in a signed run", reason="unsigned")
-    if not verify(public, signing_bytes(frame), frame.signature):
-        raise SignatureError(
-            f"invalid signature on a frame of {frame.node}", reason="bad_signature"
-        )
+        if sig:
+            raise DecodeError("an open run: a message carries no signature", reason="malformed")
+    elif not sig:
+        raise SignatureError("a signed run: the message lacks its signature", reason="unsigned")
+    else:
+        _check(MESSAGE_DOMAIN, rid, sender, data[:-SIGNATURE_BYTES], sig, keys)
+    return kind, rid, fields

@@ -39,9 +39,13 @@ class DecodeError(ProtocolError):
 
 
 class WrongRunError(ProtocolError):
-    """The message is well formed but belongs to another run."""
+    """The message is well formed but belongs to another run (``run_id``)."""
 
     reason = "wrong_run"
+
+    def __init__(self, message: str, *, run_id: bytes = b"") -> None:
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class SignatureError(ProtocolError):

@@ -7,18 +7,24 @@ times. ``OrderedLog`` turns that stream into a set of records keyed by ``(node, 
 answers three questions: is this input new, does it contradict what is held, and which
 contiguous prefix of each node's records is complete.
 
-Per node it keeps the contiguous prefix ``0 .. next_seq-1`` as one byte per record plus the
-clocks as runs ``(first_seq, clock)``, and a bounded map of records beyond the first gap. A
-million records cost about a megabyte.
+Per node it keeps only the contiguous prefix ``0 .. next_seq-1``: one byte per record plus the
+clocks as runs ``(first_seq, clock)``. A million records cost about a megabyte. A frame that
+starts beyond the prefix is not kept (``Offered.beyond_gap``): its range is asked for, from its
+author, by gap filling. So nobody can park records at a node's future seqs, and memory is
+bounded by what is contiguous.
+
+Each node's prefix has a *trusted* part ``0 .. trusted-1``: records that came from their author
+(or, in a signed run, with its signature). Records beyond it are *provisional*: copies from a
+third party, taken in an open run while the author was away. When the author comes back, the
+provisional records are given back (``retract``) and asked for again from their author, so a
+third party's copy never blocks the copy its author publishes.
 
 Invariants:
-  * A ``(node, seq)`` holds one byte forever. A second, different byte is equivocation: the
-    frame that carries it is rejected as a whole and nothing of it is stored.
+  * A ``(node, seq)`` holds one byte while it is held. A second, different byte is
+    equivocation: the frame that carries it is rejected as a whole and nothing of it is stored.
   * A node's clocks never decrease with seq. A frame that would break this is rejected.
-  * ``next_seq(node)`` only grows; records below it are never removed.
-  * A frame may not raise the largest clock seen by more than ``MAX_CLOCK_JUMP``.
-  * Frames more than ``future_window`` records beyond a node's prefix are rejected
-    (``future_seq``), which bounds the memory a peer can make us spend.
+  * ``next_seq(node)`` only grows, except that ``retract`` gives back provisional records.
+  * A frame may not raise the largest clock seen by more than ``MAX_CLOCK_JUMP`` (2**32).
   * The total order shown to people is ``(clock, node, seq)`` over the contiguous records.
     It is a presentation: the model state is the *set* of records, not their order.
 """
@@ -46,7 +52,7 @@ class Offered:
 
     new: tuple[Record, ...]
     duplicates: int
-    advanced: bool  # whether the node's contiguous prefix grew
+    beyond_gap: bool = False  # it starts after the prefix: nothing was kept
 
 
 @dataclass(slots=True)
@@ -54,43 +60,14 @@ class _NodeLog:
     held: bytearray = field(default_factory=bytearray)
     run_firsts: list[int] = field(default_factory=list)  # clock runs over the held prefix
     run_clocks: list[int] = field(default_factory=list)
-    pending: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (byte, clock)
+    trusted: int = 0  # records below this came from their author
 
     @property
     def next_seq(self) -> int:
         return len(self.held)
 
-    def clock_of(self, seq: int) -> int | None:
-        if seq < len(self.held):
-            return self.run_clocks[bisect.bisect_right(self.run_firsts, seq) - 1]
-        got = self.pending.get(seq)
-        return None if got is None else got[1]
-
-    def clock_below(self, seq: int) -> int | None:
-        """The clock of the nearest held or pending record before ``seq``."""
-        if seq <= 0:
-            return None
-        got = self.clock_of(seq - 1)
-        if got is not None:
-            return got
-        below = [s for s in self.pending if s < seq]  # only when seq - 1 lies in a gap
-        if below:
-            return self.pending[max(below)][1]
-        return self.run_clocks[-1] if self.held else None
-
-    def clock_from(self, seq: int) -> int | None:
-        """The clock of the nearest held or pending record at or after ``seq``."""
-        got = self.clock_of(seq)
-        if got is not None:
-            return got
-        above = [s for s in self.pending if s > seq]  # only when seq lies in a gap
-        return self.pending[min(above)][1] if above else None
-
-    def byte_of(self, seq: int) -> int | None:
-        if seq < len(self.held):
-            return self.held[seq]
-        got = self.pending.get(seq)
-        return None if got is None else got[0]
+    def clock_of(self, seq: int) -> int:
+        return self.run_clocks[bisect.bisect_right(self.run_firsts, seq) - 1]
 
     def append(self, byte: int, clock: int) -> None:
         if not self.run_clocks or self.run_clocks[-1] != clock:
@@ -98,13 +75,19 @@ class _NodeLog:
             self.run_clocks.append(clock)
         self.held.append(byte)
 
+    def truncate(self, seq: int) -> None:
+        del self.held[seq:]
+        cut = bisect.bisect_left(self.run_firsts, seq)
+        del self.run_firsts[cut:]
+        del self.run_clocks[cut:]
+        self.trusted = min(self.trusted, seq)
+
 
 class OrderedLog:
     """The set of records of one run, with contiguous-prefix tracking and a total order."""
 
-    def __init__(self, *, future_window: int = 1 << 20) -> None:
+    def __init__(self) -> None:
         self._nodes: dict[str, _NodeLog] = {}
-        self._future_window = future_window
         self._max_clock = 0
         self._held_total = 0
 
@@ -126,17 +109,16 @@ class OrderedLog:
     def held_count(self) -> int:
         return self._held_total
 
-    def pending_count(self) -> int:
-        """Records held beyond a gap (waiting for the gap to be filled)."""
-        return sum(len(n.pending) for n in self._nodes.values())
+    def provisional(self, node: str) -> int:
+        """How many of ``node``'s records are provisional (copies from a third party)."""
+        n = self._nodes.get(node)
+        return 0 if n is None else n.next_seq - n.trusted
 
     def get(self, node: str, seq: int) -> Record | None:
         n = self._nodes.get(node)
         if n is None or seq >= n.next_seq or seq < 0:
             return None
-        clock = n.clock_of(seq)
-        assert clock is not None
-        return Record(node, seq, byte_to_q(n.held[seq]), clock)
+        return Record(node, seq, byte_to_q(n.held[seq]), n.clock_of(seq))
 
     def records(self, node: str, start: int, end: int) -> list[Record]:
         """Contiguous records ``start <= seq < end`` of ``node`` (clipped to what is held)."""
@@ -144,77 +126,73 @@ class OrderedLog:
         if n is None:
             return []
         end = min(end, n.next_seq)
-        out: list[Record] = []
-        for seq in range(max(start, 0), end):
-            clock = n.clock_of(seq)
-            assert clock is not None
-            out.append(Record(node, seq, byte_to_q(n.held[seq]), clock))
-        return out
+        return [
+            Record(node, seq, byte_to_q(n.held[seq]), n.clock_of(seq))
+            for seq in range(max(start, 0), end)
+        ]
 
     # -- input -------------------------------------------------------------------------------
 
-    def offer(self, frame: Frame) -> Offered:
-        """Add a frame's records. Raises ``ConflictError`` or ``ProtocolError(future_seq)``."""
-        n = self._nodes.get(frame.node)
-        if n is None:
-            n = _NodeLog()
+    def offer(self, frame: Frame, *, provisional: bool = False) -> Offered:
+        """Add a frame's records; ``provisional``: it is a copy from a third party.
+
+        Raises ``ConflictError`` (equivocation, clock regression) or ``ProtocolError``
+        (``clock_jump``), and then nothing of the frame is kept.
+        """
         if frame.clock > self._max_clock + MAX_CLOCK_JUMP:
             raise ProtocolError(
                 f"frame of {frame.node} jumps the clock from {self._max_clock} to {frame.clock}",
                 reason="clock_jump",
             )
-        if frame.first_seq > n.next_seq + self._future_window:
-            raise ProtocolError(
-                f"frame of {frame.node} starts at {frame.first_seq}, more than "
-                f"{self._future_window} beyond {n.next_seq}",
-                reason="future_seq",
-            )
+        n = self._nodes.get(frame.node) or _NodeLog()
+        if frame.first_seq > n.next_seq:
+            return Offered((), 0, beyond_gap=True)
         # Check everything before changing anything: a frame is accepted or rejected whole.
-        new: list[int] = []
-        for i, b in enumerate(frame.qs):
+        overlap = min(frame.end_seq, n.next_seq) - frame.first_seq
+        for i in range(overlap):
             seq = frame.first_seq + i
-            have = n.byte_of(seq)
-            if have is None:
-                new.append(i)
-            elif have != b:
+            if n.held[seq] != frame.qs[i]:
                 raise ConflictError(
-                    f"equivocation: {frame.node} seq {seq} is {byte_to_q(have)} here "
-                    f"and {byte_to_q(b)} in the frame",
+                    f"equivocation: {frame.node} seq {seq} is {byte_to_q(n.held[seq])} here "
+                    f"and {byte_to_q(frame.qs[i])} in the frame",
                     reason="equivocation",
                 )
-            elif n.clock_of(seq) != frame.clock:
+            if n.clock_of(seq) != frame.clock:
                 raise ConflictError(
                     f"{frame.node} seq {seq} carries clock {frame.clock}, held with "
                     f"{n.clock_of(seq)}",
                     reason="equivocation",
                 )
-        # Compare with the nearest known records, not only the adjacent seqs: a frame beyond a
-        # gap must also keep the order, or the gap could never be filled consistently.
-        before = n.clock_below(frame.first_seq)
-        after = n.clock_from(frame.end_seq)
-        if (before is not None and before > frame.clock) or (
-            after is not None and after < frame.clock
-        ):
+        if frame.first_seq > 0 and n.clock_of(frame.first_seq - 1) > frame.clock:
             raise ConflictError(
                 f"clock {frame.clock} of {frame.node} at seq {frame.first_seq} breaks the "
                 "node's clock order",
                 reason="clock_regression",
             )
-        if not new:
-            return Offered((), len(frame.qs), False)
+        if not provisional and frame.first_seq <= n.trusted:
+            n.trusted = max(n.trusted, frame.end_seq)  # the author's word on all of it
+        if overlap == frame.count:
+            return Offered((), frame.count)
         self._nodes[frame.node] = n
-        for i in new:
-            n.pending[frame.first_seq + i] = (frame.qs[i], frame.clock)
-        start = n.next_seq
-        while (got := n.pending.pop(n.next_seq, None)) is not None:
-            n.append(*got)
-        self._held_total += n.next_seq - start
+        for b in frame.qs[overlap:]:
+            n.append(b, frame.clock)
+        self._held_total += frame.count - overlap
         self._max_clock = max(self._max_clock, frame.clock)
         records = tuple(
             Record(frame.node, frame.first_seq + i, byte_to_q(frame.qs[i]), frame.clock)
-            for i in new
+            for i in range(overlap, frame.count)
         )
-        return Offered(records, len(frame.qs) - len(new), n.next_seq > start)
+        return Offered(records, overlap)
+
+    def retract(self, node: str) -> list[Record]:
+        """Give back ``node``'s provisional records (the author is here to ask instead)."""
+        n = self._nodes.get(node)
+        if n is None or n.trusted == n.next_seq:
+            return []
+        gone = self.records(node, n.trusted, n.next_seq)
+        n.truncate(n.trusted)
+        self._held_total -= len(gone)
+        return gone
 
     def add_own(self, frame: Frame) -> None:
         """Append a node's own new records: it is their author, so nobody else's copy counts.
@@ -222,23 +200,17 @@ class OrderedLog:
         ``frame`` must start at the node's prefix, and its clock may not go below the last
         own record's. Raises ``ConflictError`` and changes nothing otherwise.
         """
-        n = self._nodes.get(frame.node)
-        if n is None:
-            n = _NodeLog()
-        if n.pending:
-            raise ConflictError(
-                f"records of {frame.node} beyond a gap exist: own seq would collide"
-            )
+        n = self._nodes.get(frame.node) or _NodeLog()
         if frame.first_seq != n.next_seq:
             raise ConflictError(
                 f"own frame starts at {frame.first_seq}, the prefix ends at {n.next_seq}"
             )
-        last = n.clock_of(n.next_seq - 1) if n.next_seq else None
-        if last is not None and frame.clock < last:
+        if n.next_seq and frame.clock < n.clock_of(n.next_seq - 1):
             raise ConflictError("own clock went backwards", reason="clock_regression")
         self._nodes[frame.node] = n
         for b in frame.qs:
             n.append(b, frame.clock)
+        n.trusted = n.next_seq
         self._held_total += frame.count
         self._max_clock = max(self._max_clock, frame.clock)
 
@@ -257,9 +229,7 @@ class OrderedLog:
             lo, hi = 0, n.next_seq
             while lo < hi:
                 mid = (lo + hi) // 2
-                clock = n.clock_of(mid)
-                assert clock is not None
-                if (clock, name, mid) > after:
+                if (n.clock_of(mid), name, mid) > after:
                     hi = mid
                 else:
                     lo = mid + 1

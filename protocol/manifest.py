@@ -24,7 +24,7 @@ from . import canonical
 from .errors import DecodeError, ManifestError
 from .ids import check_node_id, check_run_name
 
-FORMAT = 1
+FORMAT = 2  # protocol 2: binary frames (a run of protocol 1 has another run id)
 RUN_DOMAIN = b"seedswarm/run/v1"
 TASK_KINDS = ("causal_lm", "classify")
 SCORERS = ("lm", "mlm", "embed", "head")

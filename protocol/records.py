@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from .errors import DecodeError
 from .ids import check_node_id
 
-FRAME_VERSION = 1
 MAX_FRAME_RECORDS = 4096
 SEQ_LIMIT = 2**63
 CLOCK_LIMIT = 2**63

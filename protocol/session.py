@@ -3,36 +3,47 @@
 Theory of operation
 -------------------
 A ``Session`` is everything one node knows and decides about one run, without any I/O: the
-ordered log (``OrderedLog``), the peer table built from presence, the gap-filling planner, the
-de-duplication of wants, and the rules of its own frames (seq and clock). The daemon feeds it
-what the broker delivers and sends what it returns:
+ordered log (``OrderedLog``), the peer table built from presence, the gap-filling planner,
+the budgets of what peers may ask of it, and the rules of its own frames (seq and clock). The
+daemon feeds it what the broker delivers and sends what it returns:
 
-    receive(topic, payload, now)  -> events: FrameAccepted, WantReceived, PeerSeen, PeerGone,
-                                     ForeignRun, Dropped
-    seal(qs)                      -> the node's next frames (log first, then the wire)
-    presence(now, ...) / will()   -> the heartbeat and the message that marks the node gone
+    receive(topic, payload, now)  -> events: FrameAccepted, WantReceived, VvRequested,
+                                     PeerSeen, PeerGone, Retracted, ForeignRun, Dropped
+    seal(qs) / stored(sealed)     -> the node's next frames (log first, then the store, then
+                                     the wire)
+    presence(...) / will()        -> the heartbeat and the message that marks the node gone
     wants(now)                    -> requests for what peers hold and this node lacks
-    answer(want, bodies)          -> the stored frames that answer a peer's want
-    tick(now)                     -> peers that fell silent (PeerGone)
+    answer(want, bodies) / vv(..) -> the stored frames that answer a want; our version vector
+    tick(now)                     -> peers that fell silent, and the table pruned
 
 Time comes in as ``now`` (monotonic seconds); nothing here reads a clock, opens a socket or a
-file, or touches torch. What the events ask for (store a frame, look up frames for a want) is
-the daemon's job.
+file, or touches torch. What the events ask for (store a frame, look up frames for a want,
+un-apply retracted records) is the daemon's job.
+
+Who may say what (docs/PROTOCOL.md §9):
+  * In a signed run every message is signed by the node that sends it (frames by their
+    author), so any copy of a record with a valid signature is its author's.
+  * In an open run only the topic says who published (an ACL'd broker can make that true):
+    records of N are N's when they come on ``records/N``, from N on ``sync/<me>/N``, or in a
+    relay's bundle; a third party's copy is taken only while N is away and only if N once
+    announced itself, and then only *provisionally* (``OrderedLog``): when N is back, the copy
+    is retracted and asked for again from N.
 
 Invariants:
   * ``receive`` never raises on input from the network. A message that breaks the protocol
-    becomes exactly one ``Dropped`` event with its reason and the sender to blame: the node
-    that the topic names as its publisher, or ``invalid`` when the topic names none.
-  * A node is the only author of its own records. A frame of this node that arrives from the
+    becomes exactly one ``Dropped`` event (per frame, in a bundle) with its reason and the
+    sender to blame: the node that the topic names as its publisher, or ``invalid`` when the
+    topic names none. At most ``MAX_BLAMED`` senders are counted per reason, then ``other``.
+  * A node is the only author of its own records. A frame in its name that arrives from the
     network never enters the log: an equal copy is its own echo (ignored), anything else is
-    ``impersonation`` (dropped, loudly). So a stranger's message can never make a node doubt
-    its own log.
+    ``impersonation`` (dropped, loudly). A stranger's message never makes a node doubt its log.
   * ``seal`` is the only way own records enter the log: seqs continue the own prefix, and the
     clock is one above the largest clock seen, so own clocks never decrease.
   * A ``FrameAccepted`` carries the frame's bytes as received, so what is stored and served to
     peers later still verifies against its author's signature.
-  * At most one request per node is in flight (``protocol.sync``); the same want within
-    ``want_repeat`` seconds is answered once.
+  * Everything a peer can make this node keep or do is bounded: the peer table
+    (``max_peers``), the wants and vv requests it answers per requester (a token bucket), and
+    the wants one message can cause (one claim per presence, ``limit`` per plan).
 """
 
 from __future__ import annotations
@@ -40,27 +51,43 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from .codec import (
-    MAX_FRAME_BYTES,
-    MAX_MESSAGE_BYTES,
+    BUNDLE_V2,
+    decode_bundle,
+    decode_frame,
+    encode_bundle,
     encode_frame,
-    frame_from_value,
     sign_frame,
-    unpack_strict,
 )
 from .errors import ConflictError, DecodeError, ProtocolError, WrongRunError
 from .ids import check_node_id
 from .log import OrderedLog
 from .manifest import Manifest
-from .messages import Presence, Want, encode_presence, encode_want, message_from_value
-from .records import Frame, q_to_byte
+from .messages import (
+    Presence,
+    SnapshotAdvert,
+    Vv,
+    VvRequest,
+    Want,
+    decode_control,
+    encode_presence,
+    encode_vv,
+    encode_vv_request,
+    encode_want,
+)
+from .records import Frame, Record, q_to_byte
 from .signing import NodeKey
-from .sync import PeerView, SyncPlanner
-from .topics import PRESENCE, RECORDS, SYNC, Topics
+from .sync import SyncPlanner
+from .topics import BUNDLES, PRESENCE, RECORDS, Topics
+from .vv import digest_bytes
 
 INVALID = "invalid"  # the sender of a message whose topic names no valid node
+OTHER = "other"  # senders beyond MAX_BLAMED for one drop reason
+MAX_BLAMED = 256
+MAX_BUNDLE_BYTES = 256 * 1024  # answers are split into bundles of at most this
+
+AUTHOR, RELAY, THIRD_PARTY = "author", "relay", "third party"
 
 
 # == what goes out ==================================================================================
@@ -68,7 +95,11 @@ INVALID = "invalid"  # the sender of a message whose topic names no valid node
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A message for the broker. ``kind``: frame, presence, want or answer."""
+    """A message for the broker.
+
+    ``kind``: frame, presence, want, vvreq, answer, vv or bundle. Own frames and presence go
+    first; answers to peers last, and those may be dropped when the outbox is full.
+    """
 
     topic: str
     payload: bytes
@@ -98,6 +129,7 @@ class FrameAccepted:
     sender: str
     new_records: int
     via_sync: bool  # an answer to one of our wants (not the author's own broadcast)
+    provisional: bool = False  # a third party's copy, in an open run
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +137,13 @@ class WantReceived:
     """A peer asks for records: look them up in the store and ``answer`` it."""
 
     want: Want
+
+
+@dataclass(frozen=True, slots=True)
+class VvRequested:
+    """A peer asks for this node's version vector: send it ``vv(requester)``."""
+
+    requester: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,16 +159,28 @@ class PeerGone:
     """A peer said goodbye (its will, or a clean stop) or fell silent."""
 
     node: str
-    silent: bool  # True: no presence for longer than the peer timeout
+    silent: bool  # True: no message for longer than the peer timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Retracted:
+    """Provisional records of ``node`` given back (its author is back): delete them from the
+    store and un-apply those the model holds."""
+
+    node: str
+    records: tuple[Record, ...]
+
+    @property
+    def first_seq(self) -> int:
+        return self.records[0].seq
 
 
 @dataclass(frozen=True, slots=True)
 class ForeignRun:
-    """A live node under this run's name announces another run id (another manifest)."""
+    """A node under this run's name speaks for another run id (another manifest)."""
 
     sender: str
     run_id: bytes
-    manifest: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +193,16 @@ class Dropped:
     loud: bool = False  # worth an error in the log: equivocation, impersonation
 
 
-Event = FrameAccepted | WantReceived | PeerSeen | PeerGone | ForeignRun | Dropped
+Event = (
+    FrameAccepted
+    | WantReceived
+    | VvRequested
+    | PeerSeen
+    | PeerGone
+    | Retracted
+    | ForeignRun
+    | Dropped
+)
 
 
 # == state shown to people ==========================================================================
@@ -153,10 +213,13 @@ class PeerInfo:
     node: str
     alive: bool  # it said so, and it spoke within the peer timeout
     last_seen_s: float
-    held: Mapping[str, int]
+    own: int
+    held_total: int
+    held_digest: str
     steps: int
     loss: float | None
     http: str
+    snapshot: SnapshotAdvert | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +227,16 @@ class SessionStatistics:
     frames_accepted: int
     duplicates: int
     echoes: int
+    beyond_gap: int  # frames that started after our prefix (their range was asked for)
+    provisional: int  # records accepted as a third party's copy
+    retracted: int
     wants_sent: int
     wants_received: int
-    wants_repeated: int
     wants_answered: int
+    vv_requests_sent: int
+    vv_requests_answered: int
+    peers: int
+    open_nodes: int  # nodes with records somebody claims and we lack
     dropped: Mapping[str, Mapping[str, int]]  # reason -> sender -> count
 
     @property
@@ -177,11 +246,17 @@ class SessionStatistics:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionConfig:
-    frame_records: int = 256  # most records in one own frame
-    peer_timeout: float = 12.0  # seconds of silence after which a peer counts as gone
+    frame_records: int = 1024  # most records in one own frame
+    peer_timeout: float = 180.0  # seconds of silence after which a peer counts as gone
     max_request: int = 4096  # most records one want asks for
     retry_after: float = 3.0  # seconds before an unanswered want is repeated elsewhere
     want_repeat: float = 1.0  # the same want again within this many seconds: answered once
+    budget_rate: float = 20.0  # wants and vv requests answered per second and requester...
+    budget_burst: float = 100.0  # ... with bursts of up to this many
+    max_peers: int = 8192  # peers remembered; the longest gone are forgotten first
+    forget_after: float = 3600.0  # a peer gone this long is forgotten
+    vv_every: float = 5.0  # seconds between two requests for a peer's version vector
+    wants_per_plan: int = 64  # most wants one plan sends
 
 
 @dataclass(slots=True)
@@ -189,9 +264,16 @@ class _Peer:
     presence: Presence
     last_seen: float
     silent: bool = False  # reported gone by tick()
+    vv_asked: float = -1e18
 
     def alive(self, now: float, timeout: float) -> bool:
         return self.presence.alive and not self.silent and now - self.last_seen < timeout
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
 
 
 @dataclass(slots=True)
@@ -199,10 +281,14 @@ class _Counters:
     frames_accepted: int = 0
     duplicates: int = 0
     echoes: int = 0
+    beyond_gap: int = 0
+    provisional: int = 0
+    retracted: int = 0
     wants_sent: int = 0
     wants_received: int = 0
-    wants_repeated: int = 0
     wants_answered: int = 0
+    vv_requests_sent: int = 0
+    vv_requests_answered: int = 0
     dropped: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
 
@@ -229,15 +315,20 @@ class Session:
         self.config = config or SessionConfig()
         self.log = log if log is not None else OrderedLog()
         self.http = ""  # the status URL announced in presence
+        self.own_stored = self.log.next_seq(me)  # own records durable in the store
         self._keys = manifest.public_keys() or None
         self._key = key
         self._planner = SyncPlanner(
             self.me, max_request=self.config.max_request, retry_after=self.config.retry_after
         )
         self._peers: dict[str, _Peer] = {}
-        self._hints: dict[str, int] = {}  # end of the newest frame seen from each author
+        self._budgets: dict[str, _Bucket] = {}
         self._answered: dict[tuple[str, str, int], float] = {}
         self._n = _Counters()
+
+    @property
+    def signed(self) -> bool:
+        return self._keys is not None
 
     # -- input -------------------------------------------------------------------------------
 
@@ -249,54 +340,92 @@ class Session:
             return [self.drop(exc.reason, INVALID, str(exc))]
         if route is None:
             return [self.drop("bad_topic", INVALID, f"topic {topic[:120]!r} is not of this run")]
+        sender = route.sender
         if route.kind == PRESENCE:
-            return self._on_presence(route.sender, payload, now)
-        if route.kind == SYNC and route.to != self.me:
-            return [self.drop("bad_topic", route.sender, f"a sync message for {route.to}")]
+            return self._on_presence(sender, payload, now)
+        if route.kind == RECORDS:
+            return self._on_frame_bytes(sender, sender, payload, now, AUTHOR)
+        if route.kind == BUNDLES:
+            return self._on_bundle(sender, payload, now, RELAY)
+        if route.to != self.me:
+            return [self.drop("bad_topic", sender, f"a sync message for {route.to}")]
+        if payload[:1] == bytes([BUNDLE_V2]):
+            return self._on_bundle(sender, payload, now, THIRD_PARTY)
+        return self._on_control(sender, payload, now)
+
+    def _on_bundle(self, sender: str, payload: bytes, now: float, source: str) -> list[Event]:
         try:
-            value = unpack_strict(payload, max_bytes=MAX_FRAME_BYTES)
-            if isinstance(value, dict):
-                return self._on_map(route.kind, route.sender, value, now)
-            frame = frame_from_value(value, run_id=self.run_id, keys=self._keys)
-            if route.kind == RECORDS and frame.node != route.sender:
-                raise DecodeError(
-                    f"{route.sender} published a frame of {frame.node}", reason="topic_mismatch"
-                )
-            if frame.node == self.me:
-                return self._on_own_frame(frame, route.sender)
-            offered = self.log.offer(frame)
-        except ConflictError as exc:
-            return [self.drop(exc.reason, route.sender, str(exc), loud=True)]
+            entries = decode_bundle(payload)
         except ProtocolError as exc:
-            return [self.drop(exc.reason, route.sender, str(exc))]
+            return [self.drop(exc.reason, sender, str(exc))]
+        events: list[Event] = []
+        for node, data in entries:
+            # a frame in a sync answer is its author's word when its author sent it
+            src = AUTHOR if source == THIRD_PARTY and node == sender else source
+            got = self._on_frame_bytes(sender, node, data, now, src, via_sync=source != RELAY)
+            events += got
+            if any(isinstance(e, Dropped) for e in got):
+                break  # a sender of bad frames: the rest of its bundle is not worth reading
+        return events
+
+    def _on_frame_bytes(
+        self,
+        sender: str,
+        node: str,
+        data: bytes,
+        now: float,
+        source: str,
+        *,
+        via_sync: bool = False,
+    ) -> list[Event]:
+        try:
+            frame = decode_frame(data, run_id=self.run_id, node=node, keys=self._keys)
+        except ProtocolError as exc:
+            return [self.drop(exc.reason, sender, str(exc))]
+        return self._offer(frame, data, sender, now, source, via_sync)
+
+    def _offer(
+        self, frame: Frame, data: bytes, sender: str, now: float, source: str, via_sync: bool
+    ) -> list[Event]:
+        if frame.node == self.me:
+            return self._on_own_frame(frame, sender)
+        if not self.signed and frame.node not in self._peers and not self.log.next_seq(frame.node):
+            # an open run: frames name no run, so a node's are taken once its presence said
+            # it is in this run (a node of another manifest under our run name never did)
+            return [self.drop("unannounced", sender, f"{frame.node} never announced itself")]
+        provisional = False
+        if not self.signed and source == THIRD_PARTY:
+            author = self._peers.get(frame.node)
+            if author is None or author.alive(now, self.config.peer_timeout):
+                return [
+                    self.drop(
+                        "untrusted",
+                        sender,
+                        f"{sender} sent records of {frame.node}, who "
+                        + ("is here to send them itself" if author else "never announced itself"),
+                    )
+                ]
+            provisional = True
+        try:
+            offered = self.log.offer(frame, provisional=provisional)
+        except ConflictError as exc:
+            return [self.drop(exc.reason, sender, str(exc), loud=True)]
+        except ProtocolError as exc:
+            return [self.drop(exc.reason, sender, str(exc))]
+        held = self.log.next_seq(frame.node)
+        self._planner.claim(frame.node, frame.node, frame.end_seq, held)
+        if offered.new and source != THIRD_PARTY:
+            self._heard(frame.node, now)  # new records from it (or its relay): it is alive
+        if offered.beyond_gap:
+            self._n.beyond_gap += 1  # not kept: its range is asked for, from its author
+            return []
         self._n.duplicates += offered.duplicates
-        if frame.end_seq > self._hints.get(frame.node, 0):
-            self._hints[frame.node] = frame.end_seq
         if not offered.new:
             return []
         self._n.frames_accepted += 1
-        return [
-            FrameAccepted(frame, bytes(payload), route.sender, len(offered.new), route.kind == SYNC)
-        ]
-
-    def _on_map(self, kind: str, sender: str, value: dict[Any, Any], now: float) -> list[Event]:
-        if kind != SYNC:
-            raise DecodeError("a map on a records topic", reason="bad_type")
-        msg = message_from_value(value, run_id=self.run_id)
-        if not isinstance(msg, Want):
-            raise DecodeError("presence on a sync topic", reason="bad_type")
-        if msg.requester != sender:
-            raise DecodeError(f"{sender} sent a want of {msg.requester}", reason="topic_mismatch")
-        self._n.wants_received += 1
-        key = (msg.requester, msg.node, msg.first)
-        if now - self._answered.get(key, -1e18) < self.config.want_repeat:
-            self._n.wants_repeated += 1
-            return []  # the same want again at once: the answer is already on its way
-        if len(self._answered) >= 10_000:
-            horizon = now - self.config.want_repeat
-            self._answered = {k: t for k, t in self._answered.items() if t > horizon}
-        self._answered[key] = now
-        return [WantReceived(msg)]
+        if provisional:
+            self._n.provisional += len(offered.new)
+        return [FrameAccepted(frame, bytes(data), sender, len(offered.new), via_sync, provisional)]
 
     def _on_own_frame(self, frame: Frame, sender: str) -> list[Event]:
         """A frame in this node's name: its own echo, or somebody impersonating it."""
@@ -311,60 +440,110 @@ class Session:
             self.drop(
                 "impersonation",
                 sender,
-                f"a frame in this node's name ({self.me} seq {frame.first_seq}..{frame.end_seq - 1}) "
-                "that it never wrote",
+                f"a frame in this node's name ({self.me} seq {frame.first_seq}.."
+                f"{frame.end_seq - 1}) that it never wrote",
                 loud=True,
             )
         ]
+
+    def _on_control(self, sender: str, payload: bytes, now: float) -> list[Event]:
+        try:
+            msg = decode_control(payload, sender=sender, run_id=self.run_id, keys=self._keys)
+        except ProtocolError as exc:
+            return [self.drop(exc.reason, sender, str(exc))]
+        if isinstance(msg, Presence):
+            return [self.drop("bad_type", sender, "presence on a sync topic")]
+        self._heard(sender, now)
+        if isinstance(msg, Vv):
+            for node, end in msg.held.items():
+                self._planner.claim(sender, node, end, self.log.next_seq(node))
+            return []
+        if not self._spend(sender, now):
+            return [self.drop("over_budget", sender, f"{sender} asks more than its budget")]
+        if isinstance(msg, VvRequest):
+            return [VvRequested(sender)]
+        self._n.wants_received += 1
+        key = (msg.requester, msg.node, msg.first)
+        if now - self._answered.get(key, -1e18) < self.config.want_repeat:
+            return []  # the same want again at once: the answer is already on its way
+        if len(self._answered) >= 10_000:
+            horizon = now - self.config.want_repeat
+            self._answered = {k: t for k, t in self._answered.items() if t > horizon}
+        self._answered[key] = now
+        return [WantReceived(msg)]
+
+    def _spend(self, requester: str, now: float) -> bool:
+        """One token of ``requester``'s budget (a token bucket), if it has one left."""
+        c = self.config
+        b = self._budgets.get(requester)
+        if b is None:
+            if len(self._budgets) >= c.max_peers:
+                self._budgets.clear()  # a flood of new names: start everyone afresh
+            b = self._budgets[requester] = _Bucket(c.budget_burst, now)
+        b.tokens = min(c.budget_burst, b.tokens + (now - b.at) * c.budget_rate)
+        b.at = now
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
 
     def _on_presence(self, sender: str, payload: bytes, now: float) -> list[Event]:
         if not payload:
             return []  # a retained message being cleared
         try:
-            raw = unpack_strict(payload, max_bytes=MAX_MESSAGE_BYTES)
-            msg = message_from_value(raw, run_id=self.run_id)
+            msg = decode_control(payload, sender=sender, run_id=self.run_id, keys=self._keys)
         except WrongRunError as exc:
             events: list[Event] = [self.drop(exc.reason, sender, str(exc))]
-            if isinstance(raw, dict) and raw.get("alive") is True and sender != self.me:
-                theirs = raw.get("manifest")
-                rid = raw.get("run")
-                events.append(
-                    ForeignRun(
-                        sender,
-                        rid if isinstance(rid, bytes) else b"",
-                        theirs if isinstance(theirs, dict) else None,
-                    )
-                )
+            if sender != self.me:
+                events.append(ForeignRun(sender, exc.run_id))
             return events
         except ProtocolError as exc:
             return [self.drop(exc.reason, sender, str(exc))]
-        if not isinstance(msg, Presence) or msg.node != sender:
-            return [self.drop("topic_mismatch", sender, "presence of another node")]
+        if not isinstance(msg, Presence):
+            return [self.drop("bad_type", sender, "a presence topic carries presence only")]
         if sender == self.me:
             return []  # our own retained presence, back from the broker
         before = self._peers.get(sender)
-        was_alive = before is not None and before.presence.alive and not before.silent
-        self._peers[sender] = _Peer(msg, now)
+        was_alive = before is not None and before.alive(now, self.config.peer_timeout)
+        if before is None and len(self._peers) >= self.config.max_peers:
+            self._prune(now, room=1)
+        peer = _Peer(msg, now, vv_asked=before.vv_asked if before else -1e18)
+        self._peers[sender] = peer
+        self._planner.claim(sender, sender, msg.own, self.log.next_seq(sender))
+        out: list[Event] = []
         if msg.alive and not was_alive:
-            return [PeerSeen(sender, first=before is None)]
-        if not msg.alive and was_alive:
-            return [PeerGone(sender, silent=False)]
-        return []
+            out.append(PeerSeen(sender, first=before is None))
+            gone = self.log.retract(sender)  # its own copy replaces what others gave us
+            if gone:
+                self._n.retracted += len(gone)
+                out.append(Retracted(sender, tuple(gone)))
+        elif not msg.alive and was_alive:
+            out.append(PeerGone(sender, silent=False))
+        return out
+
+    def _heard(self, node: str, now: float) -> None:
+        """A peer spoke (any valid message of its own): it is alive now."""
+        peer = self._peers.get(node)
+        if peer is not None and peer.presence.alive:
+            peer.last_seen = now
+            peer.silent = False
 
     def drop(self, reason: str, sender: str, detail: str, *, loud: bool = False) -> Dropped:
         """Count input that is not used (also for the daemon's own drops, e.g. ``overload``)."""
-        self._n.dropped[reason][sender] += 1
-        return Dropped(reason, sender, detail, loud)
+        counts = self._n.dropped[reason]
+        blamed = sender if sender in counts or len(counts) < MAX_BLAMED else OTHER
+        counts[blamed] += 1
+        return Dropped(reason, blamed, detail, loud)
 
     # -- own records -------------------------------------------------------------------------
 
     def seal(self, qs: Sequence[int]) -> list[Sealed]:
         """The next own frames for ``qs`` (the bytes of the own steps, in seq order).
 
-        The records are in the log when this returns; the caller stores ``body`` durably and
-        only then publishes ``message``.
+        The records are in the log when this returns; the caller stores ``body`` durably,
+        calls ``stored``, and only then publishes ``message``.
         """
-        if self._keys is not None and self._key is None:
+        if self.signed and self._key is None:
             raise ValueError("a signed run: this session has no key to sign frames with")
         out: list[Sealed] = []
         clock = self.log.max_clock + 1
@@ -381,68 +560,140 @@ class Session:
                 frame = sign_frame(frame, self._key)
             self.log.add_own(frame)
             body = encode_frame(frame)
-            out.append(
-                Sealed(
-                    frame,
-                    body,
-                    Outgoing(self.topics.records(self.me), body, "frame", records=frame.count),
-                )
-            )
+            message = Outgoing(self.topics.records(self.me), body, "frame", records=frame.count)
+            out.append(Sealed(frame, body, message))
         return out
+
+    def stored(self, sealed: Sequence[Sealed]) -> None:
+        """The store holds these own frames now: presence may announce them."""
+        for s in sealed:
+            self.own_stored = max(self.own_stored, s.frame.end_seq)
 
     # -- control messages --------------------------------------------------------------------
 
-    def presence(self, *, steps: int, loss: float | None, alive: bool = True) -> Outgoing:
-        """The retained heartbeat: what this node holds and can serve."""
+    def presence(
+        self,
+        *,
+        steps: int,
+        loss: float | None,
+        alive: bool = True,
+        snapshot: SnapshotAdvert | None = None,
+    ) -> Outgoing:
+        """The retained heartbeat: of constant size, whatever the size of the swarm."""
+        held = self.log.held()
         p = Presence(
             node=self.me,
             run_id=self.run_id,
             alive=alive,
-            held=self.log.held(),
-            http=self.http,
+            own=self.own_stored,
+            held_digest=digest_bytes(held),
+            held_total=sum(held.values()),
             steps=steps,
             loss=loss,
-            manifest=self.manifest.to_dict(),
+            http=self.http[:256],
+            snapshot=snapshot,
         )
-        return Outgoing(self.topics.presence(self.me), encode_presence(p), "presence", retain=True)
+        payload = encode_presence(p, self._key)
+        return Outgoing(self.topics.presence(self.me), payload, "presence", retain=True)
 
     def will(self) -> Outgoing:
         """What the broker publishes if this node's connection dies without a goodbye."""
         p = Presence(self.me, self.run_id, alive=False)
-        return Outgoing(self.topics.presence(self.me), encode_presence(p), "presence", retain=True)
+        payload = encode_presence(p, self._key)
+        return Outgoing(self.topics.presence(self.me), payload, "presence", retain=True)
 
     def wants(self, now: float) -> list[Outgoing]:
-        """Ask live peers for what their presence (or their frames) say they hold and we lack."""
-        views = {}
+        """Ask for what peers say they hold and we lack; ask for a peer's whole version vector
+        now and then when it holds more than we do and its digest differs from ours."""
         timeout = self.config.peer_timeout
-        for name, peer in self._peers.items():
-            held = peer.presence.held
-            hint = self._hints.get(name, 0)
-            if hint > held.get(name, 0):
-                held = {**held, name: hint}  # its newest frame says it holds at least this
-            views[name] = PeerView(name, peer.alive(now, timeout), held)
+
+        def eligible(holder: str, node: str) -> bool:
+            peer = self._peers.get(holder)
+            if peer is None or not peer.alive(now, timeout):
+                return False
+            if self.signed or holder == node:
+                return True
+            author = self._peers.get(node)  # open run: third parties only for absent authors
+            return author is not None and not author.alive(now, timeout)
+
         out = []
-        for req in self._planner.plan(self.log.held(), views, now):
+        plan = self._planner.plan(
+            self.log.next_seq, eligible, now, limit=self.config.wants_per_plan
+        )
+        for req in plan:
             want = Want(self.me, self.run_id, req.node, req.first, req.count)
-            out.append(Outgoing(self.topics.sync(req.target, self.me), encode_want(want), "want"))
+            topic = self.topics.sync(req.target, self.me)
+            out.append(Outgoing(topic, encode_want(want, self._key), "want"))
         self._n.wants_sent += len(out)
+        out += self._vv_requests(now)
         return out
 
+    def _vv_requests(self, now: float) -> list[Outgoing]:
+        held = self.log.held()
+        ours, mine = sum(held.values()), digest_bytes(held)
+        best: tuple[int, str] | None = None
+        for name, p in self._peers.items():
+            pr = p.presence
+            if not p.alive(now, self.config.peer_timeout) or pr.held_total <= ours:
+                continue
+            if pr.held_digest == mine or now - p.vv_asked < self.config.vv_every:
+                continue
+            if best is None or (pr.held_total, name) > best:
+                best = (pr.held_total, name)
+        if best is None:
+            return []
+        self._peers[best[1]].vv_asked = now
+        self._n.vv_requests_sent += 1
+        req = encode_vv_request(VvRequest(self.me, self.run_id), self._key)
+        return [Outgoing(self.topics.sync(best[1], self.me), req, "vvreq")]
+
     def answer(self, want: Want, bodies: Sequence[bytes]) -> list[Outgoing]:
-        """The stored frames ``bodies`` (byte for byte) as an answer to ``want``."""
+        """The stored frames ``bodies`` (byte for byte), in bundles, as an answer to ``want``."""
         self._n.wants_answered += 1
         topic = self.topics.sync(want.requester, self.me)
-        return [Outgoing(topic, body, "answer") for body in bodies]
+        out: list[Outgoing] = []
+        entries: list[tuple[str, bytes]] = []
+        size = 0
+        for body in bodies:
+            if entries and size + len(body) > MAX_BUNDLE_BYTES:
+                out.append(Outgoing(topic, encode_bundle(entries), "answer"))
+                entries, size = [], 0
+            entries.append((want.node, body))
+            size += len(body) + 40
+        if entries:
+            out.append(Outgoing(topic, encode_bundle(entries), "answer"))
+        return out
+
+    def vv(self, requester: str) -> Outgoing:
+        """Our whole version vector, for a peer that asked for it."""
+        self._n.vv_requests_answered += 1
+        payload = encode_vv(Vv(self.me, self.run_id, self.log.held()), self._key)
+        return Outgoing(self.topics.sync(requester, self.me), payload, "vv")
 
     def tick(self, now: float) -> list[Event]:
-        """Peers that said they were alive but have been silent past the timeout."""
+        """Peers that said they were alive but fell silent; the long gone are forgotten."""
         out: list[Event] = []
         for name, peer in self._peers.items():
             silent = now - peer.last_seen >= self.config.peer_timeout
             if peer.presence.alive and not peer.silent and silent:
                 peer.silent = True
                 out.append(PeerGone(name, silent=True))
+        self._prune(now)
         return out
+
+    def _prune(self, now: float, room: int = 0) -> None:
+        c = self.config
+        gone = sorted(
+            (p.last_seen, name)
+            for name, p in self._peers.items()
+            if not p.alive(now, c.peer_timeout)
+        )
+        excess = len(self._peers) + room - c.max_peers
+        for i, (last_seen, name) in enumerate(gone):
+            if i >= excess and now - last_seen < c.forget_after:
+                break
+            del self._peers[name]
+            self._planner.forget(name)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -453,10 +704,13 @@ class Session:
                 node=name,
                 alive=p.alive(now, timeout),
                 last_seen_s=now - p.last_seen,
-                held=dict(p.presence.held),
+                own=p.presence.own,
+                held_total=p.presence.held_total,
+                held_digest=p.presence.held_digest.hex(),
                 steps=p.presence.steps,
                 loss=p.presence.loss,
                 http=p.presence.http,
+                snapshot=p.presence.snapshot,
             )
             for name, p in sorted(self._peers.items())
         ]
@@ -470,9 +724,15 @@ class Session:
             frames_accepted=n.frames_accepted,
             duplicates=n.duplicates,
             echoes=n.echoes,
+            beyond_gap=n.beyond_gap,
+            provisional=n.provisional,
+            retracted=n.retracted,
             wants_sent=n.wants_sent,
             wants_received=n.wants_received,
-            wants_repeated=n.wants_repeated,
             wants_answered=n.wants_answered,
+            vv_requests_sent=n.vv_requests_sent,
+            vv_requests_answered=n.vv_requests_answered,
+            peers=len(self._peers),
+            open_nodes=self._planner.open_nodes,
             dropped={r: dict(sorted(c.items())) for r, c in sorted(n.dropped.items())},
         )

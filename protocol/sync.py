@@ -3,9 +3,14 @@
 Theory of operation
 -------------------
 The broker is a transport, not the log: it may drop, duplicate or delay frames, and a node that
-was down misses everything published meanwhile (beyond what a persistent session queues). So
-every node advertises, in its retained presence, the version vector of what it *holds*. The
-planner compares that with what this node holds and asks for the difference.
+was down misses everything published meanwhile. So a node collects *claims*: "holder H holds
+records of node N up to seq E". They come from an author's presence (``own``) and frames (a
+frame beyond a gap says its author holds at least its end), and from the full version vector a
+peer sends when asked. The planner asks for the difference between the claims and what this
+node holds.
+
+It is incremental: only nodes with a claim above what this node holds are *open*, and a plan
+looks at those alone, so a heartbeat costs O(open nodes), not O(every node of the swarm).
 
 Invariants:
   * A request names one node's range ``[first, first + count)`` starting at our own prefix, so
@@ -13,26 +18,18 @@ Invariants:
   * At most one request per node is in flight: while its answer arrives (the prefix is inside
     the requested range) nothing more is asked. A request whose answer is complete is followed
     by the next one at once; one that is not complete after ``retry_after`` seconds is repeated
-    from the new prefix, rotating through the peers that hold the range if nothing arrived,
-    so a dead or slow peer only delays the fill.
+    from the new prefix, rotating through the holders if nothing arrived, so a dead or slow
+    peer only delays the fill.
+  * The author of a node's records is asked first; whom else to ask is the caller's choice
+    (``eligible``: in an open run a live author is the only source of its own records).
+  * A node never asks for its own records: it is their only author.
   * The planner reads no clock: ``now`` comes from the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from .vv import VersionVector
-
-
-@dataclass(frozen=True, slots=True)
-class PeerView:
-    """What this node knows of a peer from its presence."""
-
-    node: str
-    alive: bool
-    held: VersionVector
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,36 +55,68 @@ class SyncPlanner:
     me: str
     max_request: int = 4096
     retry_after: float = 3.0
+    _claims: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> holder -> end
+    _open: set[str] = field(default_factory=set)  # nodes with a claim above what we hold
     _inflight: dict[str, _Inflight] = field(default_factory=dict)
 
-    def plan(self, held: VersionVector, peers: Mapping[str, PeerView], now: float) -> list[Request]:
-        """The requests to send now, given what we hold and what the peers advertise."""
+    def claim(self, holder: str, node: str, end: int, held: int) -> None:
+        """``holder`` says it holds ``node``'s records below ``end``; we hold ``held`` of them."""
+        if node == self.me or end <= 0:
+            return
+        claims = self._claims.setdefault(node, {})
+        if end > claims.get(holder, 0):
+            claims[holder] = end
+        if end > held:
+            self._open.add(node)
+
+    def forget(self, holder: str) -> None:
+        """``holder`` is gone for good (pruned): its claims are of no use any more."""
+        for node in [n for n, c in self._claims.items() if holder in c]:
+            del self._claims[node][holder]
+            if not self._claims[node]:
+                del self._claims[node]
+                self._open.discard(node)
+                self._inflight.pop(node, None)
+
+    @property
+    def open_nodes(self) -> int:
+        return len(self._open)
+
+    def plan(
+        self,
+        held: Callable[[str], int],
+        eligible: Callable[[str, str], bool],
+        now: float,
+        *,
+        limit: int = 64,
+    ) -> list[Request]:
+        """The requests to send now (at most ``limit``).
+
+        ``held(node)``: our contiguous prefix of ``node``; ``eligible(holder, node)``: whether
+        ``holder`` may be asked for ``node``'s records now (alive, and trusted for them).
+        """
         out: list[Request] = []
-        live = {name: p for name, p in peers.items() if p.alive and name != self.me}
-        wanted: set[str] = set()
-        for p in live.values():
-            wanted.update(p.held)
-        for node in sorted(wanted):
-            if node == self.me:
-                continue  # a node never asks for its own records: it is their only author
-            mine = held.get(node, 0)
+        for node in sorted(self._open):
+            if len(out) >= limit:
+                break
+            mine = held(node)
+            claims = self._claims.get(node, {})
             holders = sorted(
-                (name for name, p in live.items() if p.held.get(node, 0) > mine),
-                key=lambda name: (name != node, -live[name].held.get(node, 0), name),
+                (h for h, end in claims.items() if end > mine and eligible(h, node)),
+                key=lambda h: (h != node, -claims[h], h),
             )
             if not holders:
-                self._inflight.pop(node, None)
-                continue
+                if all(end <= mine for end in claims.values()):
+                    self._open.discard(node)  # nothing left to fetch
+                    self._inflight.pop(node, None)
+                continue  # claims above us, but nobody to ask now: keep the node open
             prev = self._inflight.get(node)
             answering = prev is not None and prev.first <= mine < prev.first + prev.count
             if answering and prev is not None and now - prev.sent_at < self.retry_after:
                 continue  # the answer is still arriving: a second request would only duplicate it
             attempt = prev.attempt + 1 if prev is not None and prev.first == mine else 0
             target = holders[attempt % len(holders)]
-            count = min(live[target].held.get(node, 0) - mine, self.max_request)
+            count = min(claims[target] - mine, self.max_request)
             self._inflight[node] = _Inflight(mine, count, now, attempt)
             out.append(Request(target, node, mine, count))
         return out
-
-    def forget(self, node: str) -> None:
-        self._inflight.pop(node, None)

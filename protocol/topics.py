@@ -4,6 +4,8 @@
     <prefix>/<run name>/presence/<node>        retained heartbeat; the will marks the node gone
     <prefix>/<run name>/sync/<to>/<from>       wants from <from> to <to>, and frames that <from>
                                                sends to <to> in answer to <to>'s wants
+    <prefix>/<run name>/bundles/<relay>        every node's frames, as a relay forwards them
+    <prefix>/<run name>/manifest/<run id>      the manifest itself, retained (by its hash)
 
 Every topic names the node that publishes on it in its last level, so a broker's ACL can
 reserve it (Mosquitto: ``pattern write <prefix>/+/sync/+/%u``) and a receiver knows whom to
@@ -20,6 +22,18 @@ from .ids import check_node_id, check_run_name
 RECORDS = "records"
 PRESENCE = "presence"
 SYNC = "sync"
+BUNDLES = "bundles"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A topic filter and how to receive it: QoS 0 for the fan-out topics (gap filling
+    recovers a loss, and no acknowledgement per message), and No Local (MQTT 5) where a node
+    would otherwise get its own messages back."""
+
+    topic: str
+    qos: int
+    no_local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +68,26 @@ class Topics:
     def sync(self, to: str, sender: str) -> str:
         return f"{self.base}/{SYNC}/{to}/{sender}"
 
-    def subscriptions(self, me: str) -> list[str]:
-        return [
-            f"{self.base}/{RECORDS}/+",
-            f"{self.base}/{PRESENCE}/+",
-            f"{self.base}/{SYNC}/{me}/+",
+    def bundles(self, relay: str) -> str:
+        return f"{self.base}/{BUNDLES}/{relay}"
+
+    def manifest(self, run_id: bytes) -> str:
+        return f"{self.base}/manifest/{run_id.hex()}"
+
+    def subscriptions(
+        self, me: str, *, records: bool = True, bundles: bool = False
+    ) -> list[Subscription]:
+        """A node's: its peers' frames (``records``, directly, or ``bundles`` from relays),
+        presence, and the sync messages addressed to it."""
+        subs = [
+            Subscription(f"{self.base}/{PRESENCE}/+", 0, no_local=True),
+            Subscription(f"{self.base}/{SYNC}/{me}/+", 1),
         ]
+        if records:
+            subs.append(Subscription(f"{self.base}/{RECORDS}/+", 0, no_local=True))
+        if bundles:
+            subs.append(Subscription(f"{self.base}/{BUNDLES}/+", 0))
+        return subs
 
     def parse(self, topic: str) -> Route | None:
         """The route of a topic of this run, or None if the topic is not one of ours.
@@ -72,7 +100,7 @@ class Topics:
             return None
         rest = topic[len(head) :].split("/")
         try:
-            if len(rest) == 2 and rest[0] in (RECORDS, PRESENCE):
+            if len(rest) == 2 and rest[0] in (RECORDS, PRESENCE, BUNDLES):
                 return Route(rest[0], check_node_id(rest[1]))
             if len(rest) == 3 and rest[0] == SYNC:
                 return Route(SYNC, check_node_id(rest[2]), to=check_node_id(rest[1]))

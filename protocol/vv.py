@@ -20,9 +20,14 @@ def normalise(vv: VersionVector) -> dict[str, int]:
     return {n: vv[n] for n in sorted(vv) if vv[n] > 0}
 
 
+def digest_bytes(vv: VersionVector) -> bytes:
+    """8 bytes naming a version vector: SHA-256 of its canonical msgpack, cut."""
+    return canonical.sha256(b"seedswarm/vv/v1", canonical.packb(normalise(vv)))[:8]
+
+
 def digest(vv: VersionVector) -> str:
-    """16 hex digits naming a version vector: SHA-256 of its canonical msgpack."""
-    return canonical.sha256(b"seedswarm/vv/v1", canonical.packb(normalise(vv))).hex()[:16]
+    """The same 8 bytes as 16 hex digits (how /status shows them)."""
+    return digest_bytes(vv).hex()
 
 
 def total(vv: VersionVector) -> int:

@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from seedswarm.daemon.bench import _mosquitto
 from seedswarm.daemon.errors import ConfigError
+from seedswarm.daemon.mosquitto import mosquitto
 
 from ..helpers import cli, cli_json
 
@@ -108,5 +108,5 @@ def test_bench_wire_says_so_when_mosquitto_cannot_start() -> None:
         taken.bind(("127.0.0.1", 0))  # bound, not listening: connecting to it is refused
         port = taken.getsockname()[1]
         refused = pytest.raises(ConfigError, match=f"mosquitto on port {port} stopped at start: ")
-        with refused, _mosquitto(port):
+        with refused, mosquitto(port):
             pytest.fail("mosquitto cannot listen on a port that is taken")

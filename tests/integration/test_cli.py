@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from seedswarm.daemon.datadir import DataDir, read_manifest_file
+from seedswarm.daemon.store import Stored
 from seedswarm.protocol.codec import encode_frame
 from seedswarm.protocol.records import Frame
 
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.slow]
 
 def _records(run_dir: Path) -> list[tuple[str, int, int, int]]:
     """The run directory's log, read back from its SQLite file as replay reads it."""
-    _, log = DataDir(run_dir).load()
+    _, log, _ = DataDir(run_dir).load()
     return [(r.node, r.seq, r.q, r.clock) for r in log.ordered()]
 
 
@@ -51,12 +52,12 @@ def test_replay_applies_only_contiguous_prefixes(tmp_path: Path) -> None:
     manifest = read_manifest_file(tmp_path / "run" / "manifest.json")
     store = DataDir(tmp_path / "run").open_store(manifest)
     beyond = Frame(manifest.run_id(), "peer", 5, 1, bytes([100] * 3))
-    store.append([(beyond, encode_frame(beyond))])
+    store.append([Stored(beyond, encode_frame(beyond))])
     store.close()
     out = cli_json("replay", str(tmp_path / "run"), "--order", "shuffled")
     assert out["fingerprint"] == run["fingerprint"]
     assert out["records"] == 20
-    assert out["beyond_gaps"] == 3
+    assert out["beyond_gaps"] == 1  # one stored frame, of three records
     assert "peer" not in out["version_vector"]
     assert out["matches_snapshot"] is True
 

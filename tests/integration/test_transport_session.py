@@ -23,6 +23,7 @@ import pytest
 from seedswarm.daemon.settings import BrokerAddress
 from seedswarm.daemon.transport import MqttTransport, TransportSpec
 from seedswarm.protocol.session import Outgoing
+from seedswarm.protocol.topics import Subscription
 
 from ..helpers import Broker
 
@@ -105,7 +106,7 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
         BrokerAddress.parse(f"mqtt://127.0.0.1:{relay.port}"),
         TransportSpec(
             client_id="session-test",
-            subscriptions=["t/in/#"],
+            subscriptions=[Subscription("t/in/#", 1)],
             on_message=lambda topic, payload: received.append(payload.decode()),
             will=Outgoing("t/will", b"gone", "presence", retain=True),
         ),
@@ -131,7 +132,7 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
             # broker would rightly deliver it again. A publish of our own is a barrier: its
             # PUBACK comes back after the broker has read everything sent before it.
             transport.publish(Outgoing("t/out/x", b"barrier", "frame"))
-            await _wait(lambda: not transport.outbox)
+            await _wait(lambda: not transport.statistics().outbox)
 
             relay.cut()
             await _wait(lambda: not transport.connected.is_set())
@@ -140,14 +141,14 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
                 transport.publish(Outgoing("t/out/x", f"queued-{i}".encode(), "frame"))
             await _wait(lambda: relay.turned_away >= 1)  # a reconnect attempt hit the cut
             assert transport.connects == 1  # ... and did not pass for a connection
-            assert len(transport.outbox) == 10  # nothing acknowledged while cut
+            assert transport.statistics().outbox == 10  # nothing acknowledged while cut
 
             relay.restore()
             await _wait(lambda: len(received) == 11 and len(got_out) == 11)
             assert received == ["before"] + [f"during-{i}" for i in range(10)]
             assert got_out == ["barrier"] + [f"queued-{i}" for i in range(10)]
             assert transport.connects == 2
-            assert not transport.outbox
+            assert not transport.statistics().outbox
             transport.close()
             collector.cancel()
 

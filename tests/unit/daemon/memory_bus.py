@@ -37,7 +37,7 @@ class MemoryBus:
             self.retained[topic] = payload
         loop = asyncio.get_running_loop()
         for client in list(self.clients):
-            if any(matches(s, topic) for s in client.spec.subscriptions):
+            if any(matches(s.topic, topic) for s in client.spec.subscriptions):
                 loop.call_soon(client.deliver, topic, payload)
 
     def factory(self, spec: TransportSpec) -> Transport:
@@ -72,7 +72,7 @@ class MemoryTransport:
         self.bus.clients.append(self)
         self.connected.set()
         for topic, payload in list(self.bus.retained.items()):
-            if any(matches(s, topic) for s in self.spec.subscriptions):
+            if any(matches(s.topic, topic) for s in self.spec.subscriptions):
                 asyncio.get_running_loop().call_soon(self.deliver, topic, payload)
         queued, self._queued = self._queued, []
         for item in queued:
@@ -100,14 +100,17 @@ class MemoryTransport:
     def statistics(self) -> TransportStatistics:
         return TransportStatistics(
             url="memory://",
+            protocol="memory",
             state="connected" if self.connected.is_set() else "closed",
             connected=self.connected.is_set(),
             connects=1,
             last_error="",
             outbox=len(self._queued),
+            dropped_answers=0,
             messages_published=self.published,
             messages_received=self.received,
             bytes_published=0,
+            bytes_received=0,
             records_published=0,
             frame_bytes_published=0,
         )

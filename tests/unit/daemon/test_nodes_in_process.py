@@ -32,7 +32,7 @@ def _node(bus: MemoryBus, tmp_path: Path, name: str, i: int, n: int) -> Node:
         steps=STEPS,
         presence_interval=0.2,
         join_wait=0.2,
-        frame_window=0.05,
+        max_latency=0.05,
         frame_records=8,
         snapshot_every=25,
         torch_threads=1,

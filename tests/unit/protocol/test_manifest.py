@@ -47,7 +47,7 @@ def test_round_trips(m: Manifest) -> None:
     assert Manifest.from_dict(m.to_dict()) == m
     assert Manifest.from_json(m.to_json()) == m
     assert Manifest.from_json(m.to_json()).run_id() == m.run_id()
-    # The dict survives canonical msgpack too (it is what presence messages carry).
+    # The dict survives canonical msgpack too (it is how the manifest travels by its hash).
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
 
 
@@ -61,7 +61,7 @@ def test_run_id_is_the_documented_hash() -> None:
     assert m.run_id().hex() == GOLDEN_RUN_ID
 
 
-GOLDEN_RUN_ID = "9c5c14d0b01b05ba"
+GOLDEN_RUN_ID = "7a9cd47e18f0448b"  # manifest format 2 (protocol 2)
 
 
 def test_run_id_is_stable() -> None:
@@ -145,8 +145,9 @@ def test_properties() -> None:
 # --- validation -----------------------------------------------------------------------------
 
 BAD_TOP: list[tuple[str, Any]] = [
-    ("format", 2),
-    ("format", "1"),
+    ("format", 1),  # protocol 1: its nodes could not read our frames
+    ("format", 3),
+    ("format", "2"),
     ("name", ""),
     ("name", "a/b"),
     ("name", "x" * 65),

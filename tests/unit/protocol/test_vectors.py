@@ -5,7 +5,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from seedswarm.protocol.codec import encode_frame, sign_frame
+from seedswarm.protocol import varint
+from seedswarm.protocol.codec import decode_frame, encode_bundle, encode_frame, sign_frame
+from seedswarm.protocol.messages import (
+    Presence,
+    Vv,
+    VvRequest,
+    Want,
+    decode_control,
+    encode_presence,
+    encode_vv,
+    encode_vv_request,
+    encode_want,
+)
 from seedswarm.protocol.philox import signs, stream_word
 from seedswarm.protocol.quantize import quantize_gradient
 from seedswarm.protocol.records import Frame
@@ -46,16 +58,58 @@ def test_seed_signs_and_quantiser_match_the_document() -> None:
     assert quantize_gradient(2.5, lr=1e-3, unit_exp=-12, seed=seed) == 10
 
 
-def test_frames_match_the_document() -> None:
+KEY = NodeKey.from_hex("00" * 31 + "01")
+
+
+def test_frames_and_bundles_match_the_document() -> None:
     frame = Frame(RUN_ID, "n0", 7, 42, bytes([5, 0xFB, 0]))
     assert encode_frame(frame).hex() == _doc_hex_after(
         "(n0, first_seq 7, clock 42, q = 5, −5, 0), open:"
     )
-    key = NodeKey.from_hex("00" * 31 + "01")
-    assert key.public_hex().startswith("4cb5abf6")
-    assert key.public_hex().endswith("f0a5ba29")
-    signed = encode_frame(sign_frame(frame, key)).hex()
+    assert KEY.public_hex().startswith("4cb5abf6")
+    assert KEY.public_hex().endswith("f0a5ba29")
+    signed = encode_frame(sign_frame(frame, KEY)).hex()
     assert signed == _doc_hex_after("(public 4cb5abf6…f0a5ba29):")
+    keys = {"n0": KEY.public_bytes()}
+    assert decode_frame(bytes.fromhex(signed), run_id=RUN_ID, node="n0", keys=keys) == sign_frame(
+        frame, KEY
+    )
+    big = Frame(RUN_ID, "n0", 300, 70000, bytes([1]))
+    assert encode_frame(big).hex() == _doc_hex_after(
+        "(n0, first_seq 300, clock 70000, q = 1), open:"
+    )
+    assert varint.encode(300).hex() == _doc_value("varint(300)")
+    other = Frame(RUN_ID, "n1", 0, 1, bytes([127]))
+    b = encode_bundle([("n0", encode_frame(frame)), ("n1", encode_frame(other))])
+    assert b.hex() == _doc_hex_after("(n1, first_seq 0, clock 1, q = 127):")
+
+
+def test_control_messages_match_the_document() -> None:
+    p = Presence(
+        "n0",
+        RUN_ID,
+        True,
+        own=10,
+        held_digest=bytes.fromhex("f05c5d4c223b71a1"),
+        held_total=12,
+        steps=10,
+        loss=2.5,
+        http="http://h:1",
+    )
+    assert encode_presence(p).hex() == _doc_hex_after(
+        'loss 2.5, http "http://h:1", no snapshot), open:'
+    )
+    signed = _doc_hex_after("the same presence signed by n0 with the private key 00…01:")
+    assert encode_presence(p, KEY).hex() == signed
+    keys = {"n0": KEY.public_bytes()}
+    got = decode_control(bytes.fromhex(signed), sender="n0", run_id=RUN_ID, keys=keys)
+    assert got == p
+    want = Want("n1", RUN_ID, "n0", 3, 5)
+    assert encode_want(want).hex() == _doc_hex_after("want of 5 records of n0 from seq 3, open:")
+    assert encode_vv_request(VvRequest("n1", RUN_ID)).hex() == _doc_hex_after("vv request, open:")
+    assert encode_vv(Vv("n0", RUN_ID, {"n0": 3, "n1": 5})).hex() == _doc_hex_after(
+        'vv {"n0": 3, "n1": 5}, open:'
+    )
 
 
 def test_vv_digest_matches_the_document() -> None:

@@ -1,0 +1,105 @@
+"""Evaluation inside a node: held-out loss and accuracy at record counts every node shares.
+
+With ``--eval FILE --eval-every N`` a node evaluates its model whenever the records it has
+applied reach the next multiple of N (the trainer ends its passes exactly there), on the model
+thread between two passes, so every node's points line up at the same record counts. The
+history is a JSON-lines file in the data directory (``evals.jsonl``), appended and fsynced
+point by point, so it survives a restart; a node that restarts carries on from the next
+multiple after its last point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from seedswarm.model.replica import Replica
+from seedswarm.model.tasks import Examples
+
+from .errors import StoreError
+
+log = logging.getLogger("seedswarm.evaluation")
+
+EVALS = "evals.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class EvalPoint:
+    records: int  # records applied when it was taken (a multiple of --eval-every)
+    vv_digest: str
+    loss: float
+    accuracy: float | None
+    examples: int
+    seconds: float  # how long the evaluation took
+    unix_time: float
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EvalPoint:
+        return cls(
+            records=int(d["records"]),
+            vv_digest=str(d["vv_digest"]),
+            loss=float(d["loss"]),
+            accuracy=None if d.get("accuracy") is None else float(d["accuracy"]),
+            examples=int(d["examples"]),
+            seconds=float(d["seconds"]),
+            unix_time=float(d["unix_time"]),
+        )
+
+
+class EvalHistory:
+    """The points so far, and where the next one is due."""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self.path = path
+        self.every = every
+        self.points: list[EvalPoint] = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    self.points.append(EvalPoint.from_json(json.loads(line)))
+                except (ValueError, KeyError, TypeError):
+                    log.warning("%s: skipping an unreadable line", path)  # a torn last line
+
+    def next_due(self, applied: int) -> int:
+        """The record count of the next point: a multiple of ``every`` above the last point
+        (and not below what is applied: a node that joins late starts where it stands)."""
+        last = self.points[-1].records if self.points else -1
+        k = max(last + 1, applied)
+        return -(-k // self.every) * self.every
+
+    def add(self, point: EvalPoint) -> None:
+        self.points.append(point)
+        try:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(asdict(point)) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.path}: {exc.strerror}") from exc
+
+    @property
+    def latest(self) -> EvalPoint | None:
+        return self.points[-1] if self.points else None
+
+
+def evaluate(replica: Replica, examples: Examples, batch_size: int) -> EvalPoint:
+    """Model thread: one evaluation at what the replica holds now."""
+    from seedswarm.protocol.vv import digest
+
+    t0 = time.monotonic()
+    vv = replica.vv
+    out = replica.evaluate(examples, batch_size=batch_size)
+    return EvalPoint(
+        records=sum(vv.values()),
+        vv_digest=digest(vv),
+        loss=out["loss"],
+        accuracy=out.get("accuracy"),
+        examples=int(out["examples"]),
+        seconds=time.monotonic() - t0,
+        unix_time=time.time(),
+    )
