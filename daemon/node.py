@@ -402,15 +402,21 @@ class Node:
                 limit = APPLY_BATCH
                 if self.evals is not None:
                     await self._maybe_evaluate()
-                    # end the pass at the next point, so that every node evaluates at it
-                    limit = max(0, min(limit, self._eval_due - sum(self.applied.values())))
+                now = time.monotonic()
+                stepping = self._steps_left() and now >= self._next_step_at
+                if self.evals is not None:
+                    # end the pass at the next point, so that every node evaluates at it: the
+                    # peer records of a pass and the records of its own step land on it together
+                    room = self._eval_due - sum(self.applied.values())
+                    if stepping:
+                        room -= self.replica.engine.records_per_step
+                    limit = max(0, min(limit, room))
                 ready = (
                     pending_records(self.session.log, self.applied, limit, upto=self._durable)
                     if limit
                     else []
                 )
-                now = time.monotonic()
-                if self._steps_left() and now >= self._next_step_at:
+                if stepping:
                     self._next_step_at = now + self.settings.step_interval
                     outcome: StepOutcome = await self.model.run(self.replica.step, ready)
                     self.applied = dict(outcome.vv)
