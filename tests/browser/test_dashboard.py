@@ -100,7 +100,6 @@ def swarm_args(tmp_path: Path) -> list[str]:
         return [
             "--model", "minilm", "--data", str(SST2 / "train.tsv"), "--eval",
             str(SST2 / "dev.tsv"), "--eval-limit", "200", "--eval-every", "64",
-            "--lr", "3e-5", "--unit-exp", "-18",
         ]  # fmt: skip
     train = sentiment_tsv(tmp_path / "train.tsv", 200, seed=1)
     dev = sentiment_tsv(tmp_path / "dev.tsv", 40, seed=2)
@@ -252,6 +251,12 @@ def test_the_dashboard_of_a_training_swarm(chromium: Browser, tmp_path: Path) ->
         # the peer's card is what the peer itself says, read from its own endpoint
         n1_url = next(p["http"] for p in second["status"]["peers"] if p["node"] == "n1")
         assert second["peers"]["n1"]["http"] == n1_url
+        # hovering the loss chart shows the raw loss of the step under the cursor
+        page.hover("#loss-chart .u-over")
+        legend = page.locator("#loss-chart .u-legend .u-series").nth(2)
+        assert legend.locator(".u-label").inner_text() == "loss"
+        assert re.fullmatch(r"\d+\.\d{4}", legend.locator(".u-value").inner_text())
+        page.mouse.move(0, 0)
         assert not errors, errors
 
         shot = REPO / "docs" / "dashboard.png" if README_SHOT else tmp_path / "dashboard.png"
