@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 import ssl
@@ -373,7 +374,10 @@ class MqttTransport:
     def _abort_inflight(self) -> None:
         """End a publish that waits on a connection that is gone (the outbox keeps the item)."""
         scope = self._inflight
-        if scope is not None and not scope.expired():
+        if scope is None or scope.expired():
+            return
+        # RuntimeError: the publish finished in the same tick, so there is nothing to abort.
+        with contextlib.suppress(RuntimeError):
             scope.reschedule(asyncio.get_running_loop().time())
 
     def _next(self) -> collections.deque[Outgoing] | None:
@@ -403,9 +407,12 @@ class MqttTransport:
                 props.TopicAlias = alias
                 if item.topic in self._aliased:
                     topic = ""  # the broker knows the alias: 3 bytes instead of the topic
-            # No await between creating the scope and entering it, so an abort cannot be missed.
+            # No await between creating the scope and entering it, so an abort cannot be missed,
+            # and none between leaving it and forgetting it, so an abort cannot hit a scope
+            # that is already done.
             scope = self._inflight = asyncio.timeout(None)
             self._inflight_item = item
+            failed = ""
             try:
                 assert client is not None
                 async with scope:
@@ -413,14 +420,17 @@ class MqttTransport:
                         topic, item.payload, qos=1, retain=item.retain, properties=props
                     )
             except TimeoutError:
-                continue  # aborted: its connection ended; the item goes out on the next one
+                failed = "aborted"  # its connection ended; the item goes out on the next one
             except aiomqtt.MqttError as exc:
-                self.last_error = str(exc) or type(exc).__name__
-                await asyncio.sleep(0.1)
-                continue
+                failed = str(exc) or type(exc).__name__
             finally:
                 self._inflight = None
                 self._inflight_item = None
+            if failed:
+                if failed != "aborted":
+                    self.last_error = failed
+                    await asyncio.sleep(0.1)
+                continue
             if alias is not None:
                 self._aliased.add(item.topic)
             if lane and lane[0] is item:

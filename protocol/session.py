@@ -447,6 +447,10 @@ class Session:
         ]
 
     def _on_control(self, sender: str, payload: bytes, now: float) -> list[Event]:
+        # the budget first: a flood costs a dict lookup per message, not a decode (or, in a
+        # signed run, a signature check)
+        if not self._spend(sender, now):
+            return [self.drop("over_budget", sender, f"{sender} sends more than its budget")]
         try:
             msg = decode_control(payload, sender=sender, run_id=self.run_id, keys=self._keys)
         except ProtocolError as exc:
@@ -458,8 +462,6 @@ class Session:
             for node, end in msg.held.items():
                 self._planner.claim(sender, node, end, self.log.next_seq(node))
             return []
-        if not self._spend(sender, now):
-            return [self.drop("over_budget", sender, f"{sender} asks more than its budget")]
         if isinstance(msg, VvRequest):
             return [VvRequested(sender)]
         self._n.wants_received += 1

@@ -68,8 +68,12 @@ def test_a_full_disk_fails_snapshots_not_the_node(
             what="training to go on",
         )
         assert node.alive(), node.tail()
-        # the log still takes every record: a restart would find them
-        assert node.status()["records"]["held"] >= steps_then + 60
+        # the log still takes every record (once its frame is sealed): a restart would find them
+        wait_until(
+            lambda: node.status()["records"]["held"] >= steps_then + 60,
+            timeout=60,
+            what="the log to take the new records",
+        )
         filler.unlink()
         wait_until(
             lambda: (
