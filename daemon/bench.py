@@ -67,14 +67,23 @@ BENCH_OPTIONS = (
         "scale", float, 1.0, "live: scale every row's steps (0.1 for a quick look)", check=positive
     ),
     Option("signed", bool, False, "live: also each row in a signed run"),
+    Option("records", int, 20000, "join: records in the run a newcomer joins", check=positive),
+    Option("tail", int, 200, "join: records the donor applied after its snapshot"),
+    Option(
+        "audit_blocks", int, 256, "join: blocks of 128 weights the joiner audits", check=positive
+    ),
+    Option(
+        "trials", int, 20000, "join: secret draws that measure the detection rate", check=positive
+    ),
     JSON,
 )
 
 
-BENCHES = ("step", "apply", "wire", "quant", "live")
+BENCHES = ("step", "apply", "wire", "quant", "live", "join")
 
 
 def run_bench(values: dict[str, Any]) -> int:
+    from .bench_join import bench_join
     from .bench_live import bench_live
 
     which = values["which"]
@@ -84,6 +93,7 @@ def run_bench(values: dict[str, Any]) -> int:
         "wire": bench_wire,
         "quant": bench_quant,
         "live": bench_live,
+        "join": bench_join,
     }
     result = runs[which](values)
     result = {"bench": which, "host": _host(), **result}
@@ -662,6 +672,11 @@ def _print(result: dict[str, Any]) -> None:
         f"host: {host['cpus']} cpus, torch {host['torch']} ({host['torch_threads']} threads)"
         + (f", {host['gpu']}" if "gpu" in host else "")
     )
+    if which == "join":
+        from .bench_join import print_join
+
+        print(print_join(result))
+        return
     if which == "live":
         from .bench_live import print_live
 

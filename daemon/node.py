@@ -49,6 +49,7 @@ from seedswarm.model.replica import Replica, StepOutcome, pending_records
 from seedswarm.protocol.errors import DecodeError, SeedswarmError
 from seedswarm.protocol.log import OrderKey
 from seedswarm.protocol.manifest import Manifest
+from seedswarm.protocol.messages import SnapshotAdvert
 from seedswarm.protocol.session import (
     Dropped,
     ForeignRun,
@@ -70,6 +71,7 @@ from .datadir import DataDir
 from .errors import ConfigError, StoreError
 from .evaluation import EVALS, EvalHistory, evaluate
 from .http_status import LogPage, StatusServer
+from .join import JoinProgress, SnapshotJoin, file_sha256, snapshot_routes
 from .progress import Stats
 from .report import compose_status, pending
 from .runspec import (
@@ -131,6 +133,10 @@ class Node:
         self._next_step_at = 0.0  # --step-interval: not before this (monotonic)
         self.evals: EvalHistory | None = None  # --eval: the history, and when the next is due
         self._eval_due = 0
+        self.join = JoinProgress(settings.join)
+        self._join_done = asyncio.Event()  # the trainer applies nothing before the join decided
+        self._stored = asyncio.Event()  # frames reached the store (the join waits on it)
+        self._served: tuple[snapshots.SnapshotInfo, str] | None = None  # newest, its SHA-256
         self._since_snapshot = 0
         self._foreign: set[bytes] = set()  # run ids of other manifests seen under our run name
         self._retracted: list[Retracted] = []  # for the trainer to un-apply
@@ -187,6 +193,9 @@ class Node:
         caught = await self.model.run(self.replica.catch_up, self.session.log)
         self.applied = self.replica.vv
         self.stats.restored_records, self.stats.replayed_records = restored, caught
+        newest = await asyncio.to_thread(self.datadir.latest_snapshot, self.session.run_id)
+        if newest is not None:
+            self._served = (newest, await asyncio.to_thread(file_sha256, newest.path))
         if s.eval:
             self._eval_examples = await self.model.run(
                 held_out_examples, s.eval, engine, s.eval_limit
@@ -207,7 +216,7 @@ class Node:
                 on_drop=self._answer_dropped,
             )
         )
-        self.http = StatusServer(self)
+        self.http = StatusServer(self, routes=snapshot_routes(self))
         self.http_url = await self.http.start(s.http, advertise=s.advertise)
         self.session.http = self.http_url
         self.phase = "running"
@@ -261,6 +270,7 @@ class Node:
         if not self._stop.is_set():
             log.info("%s: stopping", self.me)
         self._stop.set()
+        self._join_done.set()  # a trainer still waiting for the join sees the stop
         self._wake_trainer.set()
 
     def request_finish(self) -> None:
@@ -307,10 +317,13 @@ class Node:
             if stored or changed:
                 self._durable = {n: e for n, e in held.items() if n != self.me}
                 self._wake_trainer.set()
+                self._stored.set()
             if answered:
                 # an answer to a want moved a prefix: ask for the next range right away, so a
                 # late joiner catches up at round-trip speed, not heartbeat speed
                 self._publish(self.session.wants(time.monotonic()))
+            # a full inbox never awaits in get(): let the trainer and the transport have a turn
+            await asyncio.sleep(0)
 
     async def _store(self, frames: list[Stored]) -> None:
         if frames:
@@ -365,13 +378,48 @@ class Node:
     # -- joining ---------------------------------------------------------------------------------
 
     async def _join(self) -> None:
-        """After the first connection, listen a moment (retained presence of every peer comes
-        at once) before the first step. Nothing a peer says can stop the node from joining."""
+        """After the first connection, listen a moment (the retained presence of every peer
+        comes at once), catch up by a peer's snapshot when that is much faster than replaying
+        (daemon/join.py), then take the first step. Nothing a peer says stops a node joining."""
         await self.transport.connected.wait()
         self._presence_due.set()
         await asyncio.sleep(self.settings.join_wait)
+        try:
+            if self.settings.join != "replay":
+                await self._join_by_snapshot()
+            else:
+                self.join.reason = "--join replay"
+        finally:
+            self.join.state = "done" if self.join.state == "done" else "replay"
+            self._join_done.set()
         self.joined.set()
         self._wake_trainer.set()
+
+    async def _join_by_snapshot(self) -> None:
+        if self.settings.join == "auto":
+            rate = await self.model.run(self.replica.apply_rate)
+            # replaying costs a pass over the weights per record batch; a snapshot costs its
+            # size once: take one when replay would take a minute more than that
+            min_records = int(rate * 60)
+        else:
+            min_records = 1
+        joiner = SnapshotJoin(
+            replica=self.replica, model=self.model, session=self.session,
+            datadir=self.datadir, progress=self.join, audit_blocks=self.settings.audit_blocks,
+            quorum=self.settings.snapshot_quorum, stored=self._stored,
+            peer_timeout=self.session.config.peer_timeout,
+        )  # fmt: skip
+        snap = await joiner.run(min_records)
+        if snap is None:
+            log.info("%s: catching up by replay (%s)", self.me, self.join.reason)
+            return
+        self.applied = self.replica.vv
+        self.stats.restored_records = snap.records
+        self._served = (snap, await asyncio.to_thread(file_sha256, snap.path))
+        self._presence_due.set()
+        log.info(
+            "%s: %s; %d records from it, the rest replayed", self.me, self.join.reason, snap.records
+        )
 
     # -- training --------------------------------------------------------------------------------
 
@@ -381,6 +429,7 @@ class Node:
 
     async def _trainer(self) -> None:
         try:
+            await self._join_done.wait()
             while not self._stop.is_set():
                 # between passes, so nothing is in flight on the model thread:
                 while self._retracted:
@@ -506,6 +555,7 @@ class Node:
         self.stats.snapshots += 1
         self.stats.last_snapshot = info.path.name
         self.stats.snapshot_error = ""
+        self._served = (info, await asyncio.to_thread(file_sha256, info.path))
         self._presence_due.set()
 
     # -- own records out -------------------------------------------------------------------------
@@ -546,7 +596,9 @@ class Node:
         interval = self.settings.presence_interval
         while True:
             self._presence_due.clear()
-            if self.transport.connected.is_set():
+            if self.transport.connected.is_set() and self.phase != "stopping":
+                # stopping: the goodbye is the last word (a presence after it would bring
+                # the node back to life in every peer's view, retained)
                 self.transport.publish(self._presence())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
@@ -571,9 +623,20 @@ class Node:
             await asyncio.sleep(SYNC_EVERY)
 
     def _presence(self, alive: bool = True) -> Outgoing:
+        advert = None
+        if self._served is not None:
+            snap = self._served[0]
+            digest_ = bytes.fromhex(digest(snap.version_vector))
+            advert = SnapshotAdvert(digest_, bytes.fromhex(snap.fingerprint), snap.records)
         return self.session.presence(
-            steps=self.applied.get(self.me, 0), loss=self.stats.recent_loss(10), alive=alive
+            steps=self.applied.get(self.me, 0),
+            loss=self.stats.recent_loss(10),
+            alive=alive,
+            snapshot=advert,
         )
+
+    def served_snapshot(self) -> tuple[snapshots.SnapshotInfo, str] | None:
+        return self._served
 
     def _report_progress(self) -> None:
         loss = self.stats.recent_loss()
@@ -584,6 +647,8 @@ class Node:
             sum(self.applied.values()), pending(self.session, self.applied),
             self.session.live_peers(time.monotonic()), self.transport.statistics().state,
         )  # fmt: skip
+        if not self._join_done.is_set() and self.join.state != "waiting":
+            log.info("%s: joining: %s", self.me, self.join.line())
 
     # == shutdown ==================================================================================
 
@@ -646,14 +711,17 @@ class Node:
             engine=self.replica.engine,
             http=self.http_url,
             http_refused=self.http.refused,
+            join=self.join,
+            served=self._served,
             evals=self.evals,
         )
 
     def history(self, since: float) -> dict[str, Any]:
-        """The dashboard's curves: own steps (unix time, own records, loss, records applied)
-        after ``since``, and every evaluation."""
+        """The dashboard's curves after ``since`` (unix time): own steps (unix time, own
+        records, loss, records applied) and evaluations."""
         steps = [list(h) for h in self.stats.history if h[0] > since]
-        evals = [dataclasses.asdict(p) for p in self.evals.points] if self.evals else []
+        points = self.evals.points if self.evals else []
+        evals = [dataclasses.asdict(p) for p in points if p.unix_time > since]
         return {"steps": steps, "evals": evals}
 
     def log_page(self, after: OrderKey | None, limit: int) -> LogPage:

@@ -12,14 +12,18 @@ from seedswarm.protocol.session import Session
 from seedswarm.protocol.vv import digest
 
 from .evaluation import EvalHistory
+from .join import JoinProgress
 from .progress import Stats
+from .snapshots import SnapshotInfo
 from .status import (
     BrokerStatus,
     EvalStatus,
+    JoinStatus,
     LossStatus,
     NodeStatus,
     PeerStatus,
     RecordsStatus,
+    ServedSnapshot,
     SnapshotStatus,
     StepsStatus,
     SyncStatus,
@@ -49,6 +53,8 @@ def compose_status(
     engine: Engine,
     http: str,
     http_refused: int,
+    join: JoinProgress,
+    served: tuple[SnapshotInfo, str] | None,
     evals: EvalHistory | None = None,
 ) -> NodeStatus:
     fp, fp_digest, stale = fingerprint
@@ -106,13 +112,16 @@ def compose_status(
         ],
         broker=BrokerStatus(
             url=tr.url,
+            protocol=tr.protocol,
             state=tr.state,
             connects=tr.connects,
             last_error=tr.last_error,
             outbox=tr.outbox,
+            dropped_answers=tr.dropped_answers,
             messages_published=tr.messages_published,
             messages_received=tr.messages_received,
             bytes_published=tr.bytes_published,
+            bytes_received=tr.bytes_received,
             records_published=tr.records_published,
             frame_bytes_published=tr.frame_bytes_published,
             payload_bytes_per_record=(
@@ -122,6 +131,7 @@ def compose_status(
         dropped={r: dict(c) for r, c in ss.dropped.items()},
         dropped_total=ss.dropped_total,
         duplicates=ss.duplicates,
+        echoes=ss.echoes,
         sync=SyncStatus(
             wants_sent=ss.wants_sent,
             wants_received=ss.wants_received,
@@ -132,6 +142,14 @@ def compose_status(
             last=stats.last_snapshot,
             failures=stats.snapshot_failures,
             error=stats.snapshot_error,
+            served=None
+            if served is None
+            else ServedSnapshot(
+                records=served[0].records,
+                fingerprint=served[0].fingerprint,
+                vv_digest=digest(served[0].version_vector),
+                sha256=served[1],
+            ),
         ),
         headroom_bits=stats.headroom_bits,
         headroom_warning=stats.headroom_bits is not None and stats.headroom_bits < 1.0,
@@ -144,6 +162,19 @@ def compose_status(
         http=http,
         http_refused=http_refused,
         eval=_eval_status(evals),
+        join=JoinStatus(
+            mode=join.mode,
+            state=join.state,
+            reason=join.reason,
+            donor=join.donor,
+            bytes=join.bytes,
+            total=join.total,
+            eta_s=join.eta_s,
+            records=join.records,
+            audit_blocks=join.audit_blocks,
+            audit_seconds=round(join.audit_seconds, 3),
+            refused=dict(join.refused),
+        ),
     )
 
 

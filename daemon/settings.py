@@ -288,6 +288,22 @@ class NodeSettings:
     torch_threads: int = setting(
         0, "torch threads on the model thread (0: torch's default)", check=non_negative
     )
+    join: str = setting(
+        "auto",
+        "how to catch up with a long run: snapshot (a peer's, audited), replay (the whole log), "
+        "or auto (a snapshot when replay would take much longer)",
+        choices=("auto", "snapshot", "replay"),
+    )
+    audit_blocks: int = setting(
+        256,
+        "blocks of 128 weights a joiner recomputes from the log to check a snapshot",
+        check=positive,
+    )
+    snapshot_quorum: int = setting(
+        1,
+        "peers that must advertise the same snapshot before a joiner takes it",
+        check=positive,
+    )
     eval: str = setting("", "held-out data to evaluate on while training (same format as --data)")
     eval_every: int = setting(
         0,

@@ -55,13 +55,16 @@ class LossStatus:
 @dataclass(frozen=True, slots=True)
 class BrokerStatus:
     url: str
+    protocol: str  # the MQTT version spoken: "5" or "3.1.1" ("" before the first connection)
     state: str
     connects: int
     last_error: str
     outbox: int
+    dropped_answers: int  # answers to peers that did not fit the outbox (they ask again)
     messages_published: int
     messages_received: int
     bytes_published: int
+    bytes_received: int
     records_published: int
     frame_bytes_published: int
     payload_bytes_per_record: float | None
@@ -75,11 +78,22 @@ class SyncStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ServedSnapshot:
+    """The snapshot this node serves to joiners (GET /snapshot/info describes it too)."""
+
+    records: int
+    fingerprint: str
+    vv_digest: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotStatus:
     taken: int
     last: str
     failures: int
     error: str  # why the last attempt failed ("" once one succeeds)
+    served: ServedSnapshot | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +105,23 @@ class EvalStatus:
     accuracy: float | None
     examples: int
     points: int  # evaluations so far (all of them at /evals)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinStatus:
+    """How the node caught up: by a peer's snapshot or by replay (``--join``)."""
+
+    mode: str
+    state: str  # waiting, downloading, fetching log, auditing, loading, done, replay
+    reason: str
+    donor: str
+    bytes: int
+    total: int
+    eta_s: float | None
+    records: int  # in the snapshot
+    audit_blocks: int
+    audit_seconds: float
+    refused: dict[str, int]  # donor -> its snapshots that failed a check
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +146,7 @@ class NodeStatus:
     dropped: dict[str, dict[str, int]]  # reason -> sender -> count
     dropped_total: int
     duplicates: int
+    echoes: int  # own frames the broker sent back (MQTT 5 No Local keeps this at 0)
     sync: SyncStatus
     snapshots: SnapshotStatus
     headroom_bits: float | None
@@ -128,6 +160,7 @@ class NodeStatus:
     http: str
     http_refused: int  # connections closed because too many were open
     eval: EvalStatus | None
+    join: JoinStatus
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,59 @@
+"""The snapshot audit: exact values of chosen blocks from a known state and the log."""
+
+from __future__ import annotations
+
+import random
+
+from seedswarm.model.audit import Block, audit, choose_blocks, total_blocks
+
+from .helpers import random_records, tiny_engine
+
+
+def test_the_audit_recomputes_every_block_of_a_replay_bit_for_bit() -> None:
+    donor, joiner = tiny_engine(), tiny_engine()
+    records = random_records(120, rng_seed=3)
+    donor.apply(records)
+    snapshot = donor.trainable_state()
+    every = choose_blocks(joiner, total_blocks(joiner), random.Random(0))
+    assert len(every) == total_blocks(joiner)
+    result = audit(joiner, snapshot, records, every)
+    assert result.passed
+    assert result.elements == joiner.numel
+    # and the joiner's own weights were not touched
+    assert joiner.fingerprint() == tiny_engine().fingerprint()
+
+
+def test_the_audit_starts_from_any_state_the_joiner_holds() -> None:
+    donor, joiner = tiny_engine(), tiny_engine()
+    records = random_records(80, rng_seed=4)
+    donor.apply(records)
+    joiner.apply(records[:30])  # the joiner already holds part of it
+    blocks = choose_blocks(joiner, 40, random.Random(1))
+    assert audit(joiner, donor.trainable_state(), records[30:], blocks).passed
+
+
+def test_one_altered_element_is_caught_when_its_block_is_audited() -> None:
+    donor, joiner = tiny_engine(), tiny_engine()
+    records = random_records(50, rng_seed=5)
+    donor.apply(records)
+    snapshot = donor.trainable_state()
+    t = next(i for i, g in enumerate(joiner.grids) if g.numel > 2 * 128)
+    name = joiner.trainable[t][0]
+    snapshot[name].view(-1)[130] += float(2.0 ** joiner.grids[t].exp)  # one grid step, block 1
+    bad = Block(t, 1)
+    result = audit(joiner, snapshot, records, [Block(t, 0), bad, Block(t, 2)])
+    assert result.mismatches == (bad,)
+    assert not result.passed
+
+
+def test_the_detection_rate_of_one_altered_element_is_k_over_b() -> None:
+    """Drawn without replacement, k of B blocks find the one altered block with probability
+    k / B: over 400 secret draws the rate lies within 4 standard deviations of it."""
+    engine = tiny_engine()
+    b_total = total_blocks(engine)
+    altered = Block(1, 0)
+    k = 64
+    hits = sum(altered in choose_blocks(engine, k, random.Random(seed)) for seed in range(400))
+    p = k / b_total
+    sd = (400 * p * (1 - p)) ** 0.5
+    assert abs(hits - 400 * p) <= 4 * sd, (hits, 400 * p)
