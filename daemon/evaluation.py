@@ -58,12 +58,23 @@ class EvalHistory:
         self.path = path
         self.every = every
         self.points: list[EvalPoint] = []
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    self.points.append(EvalPoint.from_json(json.loads(line)))
-                except (ValueError, KeyError, TypeError):
-                    log.warning("%s: skipping an unreadable line", path)  # a torn last line
+        try:
+            data = path.read_bytes() if path.exists() else b""
+            whole = data[: data.rfind(b"\n") + 1]
+            if len(whole) < len(data):
+                # a crash in the middle of a write left a torn last line: cut it, or the next
+                # point would be appended to it and be unreadable in turn
+                log.warning("%s: cutting a torn last line", path)
+                with path.open("r+b") as fh:
+                    fh.truncate(len(whole))
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+        for line in whole.decode("utf-8", errors="replace").splitlines():
+            try:
+                self.points.append(EvalPoint.from_json(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: skipping an unreadable line", path)
 
     def next_due(self, applied: int) -> int:
         """The record count of the next point: a multiple of ``every`` above the last point
