@@ -6,7 +6,7 @@
                peers, broker, drops
     /log       records in the total order (clock, node, seq): ?after=CURSOR&limit=N, or the
                newest N: ?last=N
-    /history   the dashboard's curves: own steps after ?since=UNIX_TIME, and every evaluation
+    /history   the dashboard's curves: own steps and evaluations after ?since=UNIX_TIME
     /metrics   Prometheus text format (prometheus-client, one registry per scrape)
     /          the dashboard (daemon/dashboard/: a static page that polls the endpoints above,
                this node's and its peers'); its files are under /dashboard/NAME
@@ -92,7 +92,7 @@ class StatusSource(Protocol):
     def log_page(self, after: OrderKey | None, limit: int) -> LogPage: ...
 
     def history(self, since: float) -> dict[str, Any]:
-        """Curves for the dashboard: own steps after ``since`` (unix time), evaluations."""
+        """Curves for the dashboard: own steps and evaluations after ``since`` (unix time)."""
         ...
 
 

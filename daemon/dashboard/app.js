@@ -138,7 +138,12 @@
         const cut = this.own.length - MAX_POINTS;
         for (const a of [this.own, this.raw, this.smooth]) a.splice(0, cut);
       }
-      if (Array.isArray(history.evals)) this.evals = history.evals;
+      // evaluations after `since` come again while a node only applies (no new step moves
+      // `since`); a point's record count grows from one to the next, so keep the new ones
+      for (const p of history.evals || []) {
+        const last = this.evals.length ? this.evals[this.evals.length - 1].records : -1;
+        if (typeof p.records === "number" && p.records > last) this.evals.push(p);
+      }
     }
 
     lossData() {
