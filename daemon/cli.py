@@ -4,9 +4,10 @@
     seedswarm replay  rebuild the fine-tuned model from the base and the log
     seedswarm eval    loss / accuracy of a run's model on a held-out file
     seedswarm node    the daemon: train with peers through an MQTT broker
+    seedswarm relay   forward every node's frames in one bundle per interval (big swarms)
     seedswarm swarm   start a local swarm (embedded broker + N nodes) and watch it
     seedswarm status  show a node's /status;   seedswarm log   show a node's /log
-    seedswarm bench   benchmarks (step, apply, wire, quant)
+    seedswarm bench   benchmarks (step, apply, wire, quant, live, join, control)
     seedswarm keygen  make an Ed25519 key pair for a node of a signed run
 
 Every command's settings are a dataclass of daemon/settings.py: its fields are the flags (and
@@ -38,7 +39,9 @@ from .settings import (
     KeygenSettings,
     LocalSettings,
     LogSettings,
+    MqttSettings,
     NodeSettings,
+    RelaySettings,
     ReplaySettings,
     RunSettings,
     SwarmSettings,
@@ -103,10 +106,18 @@ def _commands() -> list[Command]:
             NodeSettings,
             [
                 ("node", options_of(NodeSettings)),
+                ("broker", options_of(MqttSettings)),
                 ("run", options_of(RunSettings)),
                 ("local", options_of(LocalSettings)),
             ],
             commands.run_node,
+        ),
+        Command(
+            "relay",
+            "forward every node's frames and presence in one bundle per interval",
+            RelaySettings,
+            [("relay", options_of(RelaySettings)), ("broker", options_of(MqttSettings))],
+            commands.run_relay,
         ),
         Command(
             "swarm",

@@ -14,6 +14,7 @@ from .settings import (
     KeygenSettings,
     LogSettings,
     NodeSettings,
+    RelaySettings,
     ReplaySettings,
     SwarmSettings,
     TrainSettings,
@@ -50,6 +51,21 @@ def run_node(s: NodeSettings) -> int:
     code = uvloop.run(node.run())
     if node.error:
         sys.stderr.write(f"seedswarm node: error: {node.error}\n")
+    return code
+
+
+def run_relay(s: RelaySettings) -> int:
+    import sys
+
+    import uvloop
+
+    from .relay import Relay
+
+    logging.getLogger("seedswarm").setLevel(min(logging.getLogger().level, logging.INFO))
+    relay = Relay(s)
+    code = uvloop.run(relay.run())
+    if relay.error:
+        sys.stderr.write(f"seedswarm relay: error: {relay.error}\n")
     return code
 
 

@@ -121,9 +121,9 @@ class Node:
         self.applied: dict[str, int] = {}  # the replica's vv, as of its last pass (a copy)
         self.fingerprint_cache: tuple[str, str] = ("", "")  # (vv digest, fingerprint)
         self._make_transport = transport or mqtt_factory(
-            settings.broker_address(),
-            version=settings.mqtt_version,
-            ca_file=settings.ca_file,
+            settings.mqtt.address(),
+            version=settings.mqtt.mqtt_version,
+            ca_file=settings.mqtt.ca_file,
             keepalive=settings.keepalive,
         )
         self._make_store: StoreFactory = store or SqliteLogStore
@@ -178,9 +178,13 @@ class Node:
         store = await asyncio.to_thread(self._make_store, self.datadir.log_path)
         self.store = StoreThread(store)
         await self.store.call(store.bind, self.manifest)
-        config = SessionConfig(frame_records=s.frame_records, peer_timeout=3 * s.presence_interval)
+        config = SessionConfig(
+            frame_records=s.frame_records,
+            peer_timeout=3 * s.presence_interval,
+            use_relays=s.relays == "auto",
+        )
         self.session = Session(
-            self.manifest, self.me, prefix=s.topic_prefix, key=key, config=config
+            self.manifest, self.me, prefix=s.mqtt.topic_prefix, key=key, config=config
         )
         await self.store.call(store.load_log, self.session.log)
         held = self.session.log.held()
@@ -209,7 +213,7 @@ class Node:
         self.transport: Transport = self._make_transport(
             TransportSpec(
                 client_id=f"seedswarm-{self.manifest.name}-{self.me}",
-                subscriptions=topics.subscriptions(self.me),
+                subscriptions=self.session.subscriptions(time.monotonic()),
                 on_message=self._on_message,
                 will=self.session.will(),
                 aliases=(topics.records(self.me), topics.presence(self.me)),
@@ -608,10 +612,17 @@ class Node:
         """Ask for what is missing, notice silent peers, report progress, watch the parent."""
         last_report = 0.0
         parent = os.environ.get(PARENT_ENV)
+        listening = self.session.subscriptions(time.monotonic())
         while True:
             now = time.monotonic()
             for event in self.session.tick(now):
                 self._on_event(event)
+            if (subs := self.session.subscriptions(now)) != listening:
+                listening = subs
+                self.transport.set_subscriptions(subs)
+                relays = self.session.relays(now)
+                how = f"through relay {', '.join(relays)}" if relays else "directly (no relay up)"
+                log.info("%s: listening to the swarm %s", self.me, how)
             if self.transport.connected.is_set():
                 self._publish(self.session.wants(now))
             if now - last_report >= PROGRESS_EVERY:

@@ -107,9 +107,11 @@ def compose_status(
                 steps=p.steps,
                 loss=p.loss,
                 http=p.http,
+                relay=p.relay,
             )
             for p in session.peers(now)
         ],
+        relays=session.relays(now),
         broker=BrokerStatus(
             url=tr.url,
             protocol=tr.protocol,

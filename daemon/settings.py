@@ -236,12 +236,9 @@ class TrainSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NodeSettings:
-    """``seedswarm node``: a daemon that trains with its peers through a broker."""
+class MqttSettings:
+    """How a node or a relay reaches the broker, and the first level of its topics."""
 
-    run: RunSettings
-    local: LocalSettings
-    config: str = setting("", "a TOML file with any of these settings (keys as the flags, _ for -)")
     broker: str = setting(
         "mqtt://127.0.0.1:1883", "MQTT broker URL: mqtt://host:port or mqtts://host:port"
     )
@@ -249,6 +246,29 @@ class NodeSettings:
     password: str = setting("", "broker password")
     ca_file: str = setting("", "CA certificate file for mqtts://")
     topic_prefix: str = setting("seedswarm", "first MQTT topic level")
+    mqtt_version: str = setting(
+        "auto", "MQTT version: auto (5, else 3.1.1), 5 or 3.1.1", choices=("auto", "5", "3.1.1")
+    )
+
+    def __post_init__(self) -> None:
+        self.address()
+        if not self.topic_prefix or any(c in self.topic_prefix for c in "/+#"):
+            raise ConfigError(
+                f"--topic-prefix {self.topic_prefix!r}: one topic level, without / + #"
+            )
+
+    def address(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.broker, username=self.username, password=self.password)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    """``seedswarm node``: a daemon that trains with its peers through a broker."""
+
+    run: RunSettings
+    local: LocalSettings
+    config: str = setting("", "a TOML file with any of these settings (keys as the flags, _ for -)")
+    mqtt: MqttSettings = field(default_factory=lambda: MqttSettings())
     data_dir: str = setting("seedswarm-data", "where the log, manifest and snapshots live")
     http: str = setting("127.0.0.1:8470", "status endpoint host:port (port 0: a free port)")
     advertise: str = setting("", "status URL to tell peers (default: the bound address)")
@@ -274,8 +294,11 @@ class NodeSettings:
         "seconds between presence heartbeats (presence also goes out when it changes)",
         check=positive,
     )
-    mqtt_version: str = setting(
-        "auto", "MQTT version: auto (5, else 3.1.1), 5 or 3.1.1", choices=("auto", "5", "3.1.1")
+    relays: str = setting(
+        "auto",
+        "auto: while a relay is up, listen to its bundles instead of to every node; off: "
+        "always listen to every node",
+        choices=("auto", "off"),
     )
     snapshot_every: int = setting(2000, "records applied between snapshots", check=positive)
     join_wait: float = setting(
@@ -317,12 +340,7 @@ class NodeSettings:
 
     def __post_init__(self) -> None:
         # the checks that need no model: a typo costs one line, not a model load
-        self.broker_address()
         parse_listen(self.http)
-        if not self.topic_prefix or any(c in self.topic_prefix for c in "/+#"):
-            raise ConfigError(
-                f"--topic-prefix {self.topic_prefix!r}: one topic level, without / + #"
-            )
         if bool(self.eval) != bool(self.eval_every):
             raise ConfigError("--eval FILE and --eval-every N go together")
 
@@ -334,14 +352,42 @@ class NodeSettings:
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
 
-    def broker_address(self) -> BrokerAddress:
-        return BrokerAddress.parse(self.broker, username=self.username, password=self.password)
-
     @property
     def keepalive(self) -> int:
         """MQTT keep-alive: as slow as the heartbeat allows, for few bytes, but at most a
         minute, so that a vanished node's will comes within 1.5 minutes."""
         return int(min(60.0, max(5.0, self.presence_interval)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RelaySettings:
+    """``seedswarm relay``: forwards every node's frames and presence in bundles."""
+
+    mqtt: MqttSettings = field(default_factory=lambda: MqttSettings())
+    relay: str = setting("r0", "this relay's id (A-Z a-z 0-9 _ -), unique in the run")
+    manifest: str = setting("", "the run's manifest.json, or a node's data directory (required)")
+    interval: float = setting(0.5, "seconds between two bundles", check=positive)
+    data_dir: str = setting("seedswarm-relay", "where the relay keeps its copy of the log")
+    key_file: str = setting(
+        "", "signed runs: the relay's Ed25519 private key (the manifest must list it)"
+    )
+    http: str = setting("127.0.0.1:8480", "status endpoint host:port (port 0: a free port)")
+    advertise: str = setting("", "status URL to tell peers (default: the bound address)")
+    presence_interval: float = setting(
+        60.0, "seconds between the relay's presence heartbeats", check=positive
+    )
+
+    def __post_init__(self) -> None:
+        try:
+            check_node_id(self.relay)
+        except DecodeError as exc:
+            raise ConfigError(f"--relay: {exc}") from exc
+        parse_listen(self.http)
+        if not self.manifest:
+            raise ConfigError(
+                "relay needs --manifest: the run's manifest.json (any node's data directory "
+                "has one)"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,7 @@ class PeerStatus:
     steps: int
     loss: float | None
     http: str
+    relay: bool  # a relay (seedswarm relay), not a node that trains
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class NodeStatus:
     records_per_s: float
     loss: LossStatus
     peers: list[PeerStatus]
+    relays: list[str]  # the relays this node listens to now ([]: every node directly)
     broker: BrokerStatus
     dropped: dict[str, dict[str, int]]  # reason -> sender -> count
     dropped_total: int

@@ -105,6 +105,11 @@ class Transport(Protocol):
         ``close()``."""
         ...
 
+    def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
+        """Listen to these from now on (and on every later connection): new ones are
+        subscribed before old ones are dropped, so nothing falls between them."""
+        ...
+
     async def drain(self, seconds: float) -> bool:
         """Wait until the outbox is empty (True) or ``seconds`` pass (False)."""
         ...
@@ -195,6 +200,10 @@ class MqttTransport:
         self._inflight_item: Outgoing | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._subs = list(spec.subscriptions)  # what to listen to
+        self._active: set[str] = set()  # topics subscribed on this connection
+        self._stale: set[str] = set()  # topics once subscribed, not wanted now
+        self._subs_changed = asyncio.Event()
 
     # -- the Transport surface -----------------------------------------------------------------
 
@@ -217,6 +226,20 @@ class MqttTransport:
         self._outbox_empty.clear()
         self._outbox_changed.set()
 
+    def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
+        if subscriptions == self._subs:
+            return
+        wanted = {sub.topic for sub in subscriptions}
+        self._stale |= {sub.topic for sub in self._subs} - wanted
+        self._stale -= wanted
+        self._subs = list(subscriptions)
+        self._subs_changed.set()
+
+    @property
+    def subscribed(self) -> list[str]:
+        """The topics listened to now (for /status)."""
+        return [sub.topic for sub in self._subs]
+
     async def drain(self, seconds: float) -> bool:
         if not self.own and not self.peer:
             return True
@@ -233,6 +256,7 @@ class MqttTransport:
         """End the connection loop (cleanly disconnecting) and the publisher."""
         self._closing = True
         self._outbox_changed.set()
+        self._subs_changed.set()  # let the subscriber see the end
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -258,6 +282,7 @@ class MqttTransport:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._connection(), name="mqtt-connection")
             tg.create_task(self._publisher(), name="mqtt-publisher")
+            tg.create_task(self._subscriber(), name="mqtt-subscriber")
 
     # -- the connection loop ---------------------------------------------------------------------
 
@@ -298,13 +323,38 @@ class MqttTransport:
             **common,
         )
 
-    def _subscriptions(self) -> list[tuple[str, Any]]:
+    def _subscriptions(self, subs: list[Subscription]) -> list[tuple[str, Any]]:
         if self._v5:
-            return [
-                (s.topic, SubscribeOptions(qos=s.qos, noLocal=s.no_local))
-                for s in self.spec.subscriptions
-            ]
-        return [(s.topic, s.qos) for s in self.spec.subscriptions]
+            return [(s.topic, SubscribeOptions(qos=s.qos, noLocal=s.no_local)) for s in subs]
+        return [(s.topic, s.qos) for s in subs]
+
+    async def _resubscribe(self, client: _Client) -> None:
+        """Bring this connection's subscriptions to ``_subs``: the new ones first."""
+        subs = list(self._subs)
+        new = [sub for sub in subs if sub.topic not in self._active]
+        if new:
+            await client.subscribe(self._subscriptions(new))
+        self._active |= {sub.topic for sub in new}
+        # the broker keeps a persistent session's subscriptions: drop what is not wanted,
+        # including what an earlier connection subscribed
+        gone = sorted((self._active | self._stale) - {sub.topic for sub in subs})
+        if gone:
+            await client.unsubscribe(gone)
+        self._active -= set(gone)
+        self._stale -= set(gone)
+
+    async def _subscriber(self) -> None:
+        """Apply ``set_subscriptions`` to the live connection (a new one applies them itself)."""
+        while not self._closing:
+            await self._subs_changed.wait()
+            self._subs_changed.clear()
+            client = self._client
+            if self._closing or client is None or not self.connected.is_set():
+                continue
+            try:
+                await self._resubscribe(client)
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc) or type(exc).__name__  # the next connection retries
 
     async def _connection(self) -> None:
         """Connect, subscribe, read; on any connection failure back off and do it again.
@@ -327,7 +377,8 @@ class MqttTransport:
                         self.state = "connected"
                         backoff.reset()
                         self._set_aliases(client.connack)
-                        await client.subscribe(self._subscriptions())
+                        self._active = set()
+                        await self._resubscribe(client)
                         self.connected.set()
                         self._outbox_changed.set()  # wake the publisher
                         log.info(
@@ -366,6 +417,7 @@ class MqttTransport:
         finally:
             self.state = "closed"
             self._outbox_changed.set()  # let the publisher see the end
+            self._subs_changed.set()
 
     def _set_aliases(self, connack: Properties | None) -> None:
         most = int(getattr(connack, "TopicAliasMaximum", 0) or 0) if self._v5 else 0

@@ -58,6 +58,7 @@ class Presence:
     loss: float | None = None  # mean training loss of its recent steps
     http: str = ""
     snapshot: SnapshotAdvert | None = None
+    relay: bool = False  # a relay: it forwards everyone's frames and presence in bundles
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ def encode_presence(p: Presence, key: NodeKey | None = None) -> bytes:
         None if p.loss is None else float(p.loss),
         p.http,
         None if snap is None else [snap.vv_digest, snap.fingerprint, snap.records],
+        p.relay,
     ]
     return encode_message("p", p.run_id, fields, sender=p.node, key=key)
 
@@ -147,10 +149,10 @@ def _bytes(value: Any, n: int, what: str) -> bytes:
 
 
 def _presence(sender: str, rid: bytes, f: list[Any]) -> Presence:
-    _arity(f, 8, "presence")
-    alive, own, digest, total, steps, loss, http, snap = f
-    if not isinstance(alive, bool):
-        raise DecodeError("presence alive must be a boolean", reason="bad_type")
+    _arity(f, 9, "presence")
+    alive, own, digest, total, steps, loss, http, snap, relay = f
+    if not isinstance(alive, bool) or not isinstance(relay, bool):
+        raise DecodeError("presence alive and relay must be booleans", reason="bad_type")
     if loss is not None and (isinstance(loss, bool) or not isinstance(loss, int | float)):
         raise DecodeError("presence loss must be a number or nil", reason="bad_type")
     if not isinstance(http, str):
@@ -179,6 +181,7 @@ def _presence(sender: str, rid: bytes, f: list[Any]) -> Presence:
         loss=None if loss is None or not math.isfinite(loss) else float(loss),
         http=http,
         snapshot=advert,
+        relay=relay,
     )
 
 

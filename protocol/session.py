@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from .codec import (
     BUNDLE_V2,
+    FRAME_V2,
     decode_bundle,
     decode_frame,
     encode_bundle,
@@ -79,7 +80,7 @@ from .messages import (
 from .records import Frame, Record, q_to_byte
 from .signing import NodeKey
 from .sync import SyncPlanner
-from .topics import BUNDLES, PRESENCE, RECORDS, Topics
+from .topics import BUNDLES, PRESENCE, RECORDS, Subscription, Topics
 from .vv import digest_bytes
 
 INVALID = "invalid"  # the sender of a message whose topic names no valid node
@@ -220,6 +221,7 @@ class PeerInfo:
     loss: float | None
     http: str
     snapshot: SnapshotAdvert | None
+    relay: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,8 @@ class SessionConfig:
     forget_after: float = 3600.0  # a peer gone this long is forgotten
     vv_every: float = 5.0  # seconds between two requests for a peer's version vector
     wants_per_plan: int = 64  # most wants one plan sends
+    use_relays: bool = True  # listen to relays' bundles instead of every node, when one is up
+    relay_timeout: float = 10.0  # seconds without a relay's bundle before listening directly
 
 
 @dataclass(slots=True)
@@ -307,8 +311,10 @@ class Session:
         key: NodeKey | None = None,
         config: SessionConfig | None = None,
         log: OrderedLog | None = None,
+        relay: bool = False,
     ) -> None:
         self.manifest = manifest
+        self.relay = relay  # this session is a relay's: it says so, and listens directly
         self.me = check_node_id(me)
         self.run_id = manifest.run_id()
         self.topics = Topics(prefix, manifest.name)
@@ -324,6 +330,7 @@ class Session:
         self._peers: dict[str, _Peer] = {}
         self._budgets: dict[str, _Bucket] = {}
         self._answered: dict[tuple[str, str, int], float] = {}
+        self._bundle_at: dict[str, float] = {}  # relay -> when its last bundle came
         self._n = _Counters()
 
     @property
@@ -359,14 +366,50 @@ class Session:
         except ProtocolError as exc:
             return [self.drop(exc.reason, sender, str(exc))]
         events: list[Event] = []
+        if source == RELAY:
+            self._relay_spoke(sender, now)
+            for node, data in entries:
+                # a relay forwards frames and presence of many nodes: one bad entry is one drop
+                if data[:1] == bytes([FRAME_V2]):
+                    events += self._on_frame_bytes(sender, node, data, now, RELAY)
+                else:
+                    events += self._on_presence(node, data, now, blame=sender)
+            return events
         for node, data in entries:
             # a frame in a sync answer is its author's word when its author sent it
-            src = AUTHOR if source == THIRD_PARTY and node == sender else source
-            got = self._on_frame_bytes(sender, node, data, now, src, via_sync=source != RELAY)
+            src = AUTHOR if node == sender else source
+            got = self._on_frame_bytes(sender, node, data, now, src, via_sync=True)
             events += got
             if any(isinstance(e, Dropped) for e in got):
                 break  # a sender of bad frames: the rest of its bundle is not worth reading
         return events
+
+    def _relay_spoke(self, relay: str, now: float) -> None:
+        peer = self._peers.get(relay)
+        if peer is None or not peer.presence.relay:
+            return  # bundles of a node that never said it relays: read, not listened to
+        self._bundle_at[relay] = now
+        self._heard(relay, now)
+
+    def relays(self, now: float) -> list[str]:
+        """The relays this node can listen to now: they said so, and their bundles come."""
+        timeout = self.config.relay_timeout
+        return sorted(
+            r
+            for r, at in self._bundle_at.items()
+            if now - at < timeout
+            and (p := self._peers.get(r)) is not None
+            and p.alive(now, self.config.peer_timeout)
+        )
+
+    def subscriptions(self, now: float) -> list[Subscription]:
+        """What to listen to now: every node's frames and presence directly, or, while a relay
+        is up (and this is no relay), its bundles, which carry both (docs/PROTOCOL.md §9)."""
+        direct = self.relay or not self.config.use_relays or not self.relays(now)
+        subs = self.topics.subscriptions(self.me, records=direct, presence=direct, bundles=True)
+        if self.relay:
+            subs = [s for s in subs if BUNDLES not in s.topic]  # relays don't listen to relays
+        return subs
 
     def _on_frame_bytes(
         self,
@@ -388,7 +431,7 @@ class Session:
         self, frame: Frame, data: bytes, sender: str, now: float, source: str, via_sync: bool
     ) -> list[Event]:
         if frame.node == self.me:
-            return self._on_own_frame(frame, sender)
+            return self._on_own_frame(frame, sender, relayed=source == RELAY)
         if not self.signed and frame.node not in self._peers and not self.log.next_seq(frame.node):
             # an open run: frames name no run, so a node's are taken once its presence said
             # it is in this run (a node of another manifest under our run name never did)
@@ -427,14 +470,15 @@ class Session:
             self._n.provisional += len(offered.new)
         return [FrameAccepted(frame, bytes(data), sender, len(offered.new), via_sync, provisional)]
 
-    def _on_own_frame(self, frame: Frame, sender: str) -> list[Event]:
+    def _on_own_frame(self, frame: Frame, sender: str, *, relayed: bool) -> list[Event]:
         """A frame in this node's name: its own echo, or somebody impersonating it."""
         held = self.log.records(self.me, frame.first_seq, frame.end_seq)
         if len(held) == frame.count and all(
             q_to_byte(r.q) == b and r.clock == frame.clock
             for r, b in zip(held, frame.qs, strict=True)
         ):
-            self._n.echoes += 1
+            if not relayed:
+                self._n.echoes += 1  # the broker's echo (a relay's bundle carries it by design)
             return []
         return [
             self.drop(
@@ -489,20 +533,24 @@ class Session:
         b.tokens -= 1.0
         return True
 
-    def _on_presence(self, sender: str, payload: bytes, now: float) -> list[Event]:
+    def _on_presence(
+        self, sender: str, payload: bytes, now: float, *, blame: str | None = None
+    ) -> list[Event]:
+        """``sender``'s presence; ``blame``: who forwarded it (a relay), if not the sender."""
+        blamed = blame or sender
         if not payload:
             return []  # a retained message being cleared
         try:
             msg = decode_control(payload, sender=sender, run_id=self.run_id, keys=self._keys)
         except WrongRunError as exc:
-            events: list[Event] = [self.drop(exc.reason, sender, str(exc))]
+            events: list[Event] = [self.drop(exc.reason, blamed, str(exc))]
             if sender != self.me:
                 events.append(ForeignRun(sender, exc.run_id))
             return events
         except ProtocolError as exc:
-            return [self.drop(exc.reason, sender, str(exc))]
+            return [self.drop(exc.reason, blamed, str(exc))]
         if not isinstance(msg, Presence):
-            return [self.drop("bad_type", sender, "a presence topic carries presence only")]
+            return [self.drop("bad_type", blamed, "a presence topic carries presence only")]
         if sender == self.me:
             return []  # our own retained presence, back from the broker
         before = self._peers.get(sender)
@@ -594,13 +642,14 @@ class Session:
             loss=loss,
             http=self.http[:256],
             snapshot=snapshot,
+            relay=self.relay,
         )
         payload = encode_presence(p, self._key)
         return Outgoing(self.topics.presence(self.me), payload, "presence", retain=True)
 
     def will(self) -> Outgoing:
         """What the broker publishes if this node's connection dies without a goodbye."""
-        p = Presence(self.me, self.run_id, alive=False)
+        p = Presence(self.me, self.run_id, alive=False, relay=self.relay)
         payload = encode_presence(p, self._key)
         return Outgoing(self.topics.presence(self.me), payload, "presence", retain=True)
 
@@ -713,6 +762,7 @@ class Session:
                 loss=p.presence.loss,
                 http=p.presence.http,
                 snapshot=p.presence.snapshot,
+                relay=p.presence.relay,
             )
             for name, p in sorted(self._peers.items())
         ]

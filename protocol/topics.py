@@ -75,14 +75,13 @@ class Topics:
         return f"{self.base}/manifest/{run_id.hex()}"
 
     def subscriptions(
-        self, me: str, *, records: bool = True, bundles: bool = False
+        self, me: str, *, records: bool = True, presence: bool = True, bundles: bool = False
     ) -> list[Subscription]:
-        """A node's: its peers' frames (``records``, directly, or ``bundles`` from relays),
-        presence, and the sync messages addressed to it."""
-        subs = [
-            Subscription(f"{self.base}/{PRESENCE}/+", 0, no_local=True),
-            Subscription(f"{self.base}/{SYNC}/{me}/+", 1),
-        ]
+        """A node's: its peers' frames and presence (``records``, ``presence``: directly;
+        ``bundles``: as relays forward them), and the sync messages addressed to it."""
+        subs = [Subscription(f"{self.base}/{SYNC}/{me}/+", 1)]
+        if presence:
+            subs.append(Subscription(f"{self.base}/{PRESENCE}/+", 0, no_local=True))
         if records:
             subs.append(Subscription(f"{self.base}/{RECORDS}/+", 0, no_local=True))
         if bundles:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from seedswarm.daemon.transport import Transport, TransportSpec, TransportStatistics
 from seedswarm.protocol.session import Outgoing
+from seedswarm.protocol.topics import Subscription
 
 
 def matches(pattern: str, topic: str) -> bool:
@@ -37,7 +38,7 @@ class MemoryBus:
             self.retained[topic] = payload
         loop = asyncio.get_running_loop()
         for client in list(self.clients):
-            if any(matches(s.topic, topic) for s in client.spec.subscriptions):
+            if any(matches(s.topic, topic) for s in client.subscriptions):
                 loop.call_soon(client.deliver, topic, payload)
 
     def factory(self, spec: TransportSpec) -> Transport:
@@ -50,6 +51,7 @@ class MemoryTransport:
     def __init__(self, bus: MemoryBus, spec: TransportSpec) -> None:
         self.bus = bus
         self.spec = spec
+        self.subscriptions = list(spec.subscriptions)
         self.connected = asyncio.Event()
         self._closed = asyncio.Event()
         self._queued: list[Outgoing] = []
@@ -63,6 +65,17 @@ class MemoryTransport:
         else:
             self._queued.append(item)
 
+    def set_subscriptions(self, subscriptions: list[Subscription]) -> None:
+        new = [s for s in subscriptions if s not in self.subscriptions]
+        self.subscriptions = list(subscriptions)
+        if self.connected.is_set():
+            self._retained(new)  # as a broker does on subscribe
+
+    def _retained(self, subs: list[Subscription]) -> None:
+        for topic, payload in list(self.bus.retained.items()):
+            if any(matches(s.topic, topic) for s in subs):
+                asyncio.get_running_loop().call_soon(self.deliver, topic, payload)
+
     def deliver(self, topic: str, payload: bytes) -> None:
         if self.connected.is_set():
             self.received += 1
@@ -71,9 +84,7 @@ class MemoryTransport:
     async def run(self) -> None:
         self.bus.clients.append(self)
         self.connected.set()
-        for topic, payload in list(self.bus.retained.items()):
-            if any(matches(s.topic, topic) for s in self.spec.subscriptions):
-                asyncio.get_running_loop().call_soon(self.deliver, topic, payload)
+        self._retained(self.subscriptions)
         queued, self._queued = self._queued, []
         for item in queued:
             self.publish(item)

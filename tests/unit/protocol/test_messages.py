@@ -115,6 +115,7 @@ presences = st.builds(
     loss=st.none() | st.floats(allow_nan=False, allow_infinity=False),
     http=st.text(max_size=MAX_HTTP),
     snapshot=st.none() | snapshots,
+    relay=st.booleans(),
 )
 
 
@@ -181,7 +182,11 @@ WIRE_FORMS: list[tuple[Control, bytes]] = [
     (Vv("alice", RUN, {"bob": 3}), b"\x94\x02\xa1v\xc4\x08" + RUN + b"\x81\xa3bob\x03"),
     (
         Presence("alice", RUN, False),
-        b"\x9b\x02\xa1p\xc4\x08" + RUN + b"\xc2\x00\xc4\x08" + bytes(8) + b"\x00\x00\xc0\xa0\xc0",
+        b"\x9c\x02\xa1p\xc4\x08"
+        + RUN
+        + b"\xc2\x00\xc4\x08"
+        + bytes(8)
+        + b"\x00\x00\xc0\xa0\xc0\xc2",
     ),
 ]
 
@@ -198,7 +203,7 @@ def test_wire_form_written_out(c: Control, wire: bytes) -> None:
 def test_presence_fields_in_order() -> None:
     assert msgpack.unpackb(encode(PRESENCE), raw=False) == [
         2, "p", RUN, True, 5, b"\x11" * 8, 9, 4, 0.5, "http://x:1",
-        [b"\x22" * 8, b"\x33" * 32, 9],
+        [b"\x22" * 8, b"\x33" * 32, 9], False,
     ]  # fmt: skip
 
 
@@ -257,7 +262,10 @@ WANT_FIELDS: list[Any] = ["bob", 300, 7]
 SNAP: list[Any] = [b"\x22" * 8, b"\x33" * 32, 9]
 
 FIELD_CASES: list[tuple[str, list[Any], int, Any, str]] = [
-    # presence: alive, own, held_digest, held_total, steps, loss, http, snapshot
+    # presence: alive, own, held_digest, held_total, steps, loss, http, snapshot, relay
+    ("p", PRESENCE_FIELDS, 8, 1, "bad_type"),
+    ("p", PRESENCE_FIELDS, 8, None, "bad_type"),
+    ("p", PRESENCE_FIELDS, 8, "relay", "bad_type"),
     ("p", PRESENCE_FIELDS, 0, 1, "bad_type"),
     ("p", PRESENCE_FIELDS, 0, None, "bad_type"),
     ("p", PRESENCE_FIELDS, 0, "true", "bad_type"),
@@ -377,7 +385,7 @@ def test_field_limits_that_are_valid() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "n"),
-    [("p", 0), ("p", 7), ("p", 9), ("w", 0), ("w", 2), ("w", 4), ("q", 1), ("v", 0), ("v", 2)],
+    [("p", 0), ("p", 8), ("p", 10), ("w", 0), ("w", 2), ("w", 4), ("q", 1), ("v", 0), ("v", 2)],
 )
 def test_wrong_arity(kind: str, n: int) -> None:
     fields = {"p": PRESENCE_FIELDS, "w": WANT_FIELDS, "q": [], "v": [{"bob": 3}]}[kind]
