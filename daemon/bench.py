@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .bench_learn import LEARN_OPTIONS, bench_learn, print_learn
 from .console import emit_json, table
 from .errors import ConfigError
 from .options import DEVICE, JSON, KERNEL, Option, positive
@@ -67,13 +68,20 @@ def register(sub: Any, subcommand: Callable[..., Any]) -> None:
         sub,
         "bench",
         "speed benchmarks with side-by-side ratios",
-        [("bench", BENCH_OPTIONS)],
-        [("which", {"choices": ("step", "apply", "wire", "quant"), "help": "which benchmark"})],
+        [("bench", BENCH_OPTIONS), ("learn", LEARN_OPTIONS)],
+        [("which", {"choices": (*BENCHES, "learn"), "help": "which benchmark"})],
     )
+
+
+BENCHES = ("step", "apply", "wire", "quant")
 
 
 def run_bench(values: dict[str, Any]) -> int:
     which = values["which"]
+    if which == "learn":  # bench_learn.py: learning to a target, arm by arm
+        result = {"bench": which, "host": _host(), **bench_learn(values)}
+        emit_json(result) if values["json"] else print_learn(result)
+        return 0
     runs = {"step": bench_step, "apply": bench_apply, "wire": bench_wire, "quant": bench_quant}
     result = runs[which](values)
     result = {"bench": which, "host": _host(), **result}
