@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .bench_learn import bench_learn, print_learn
 from .console import emit_json, table
 from .errors import ConfigError
 from .mosquitto import mosquitto
@@ -79,7 +80,7 @@ BENCH_OPTIONS = (
 )
 
 
-BENCHES = ("step", "apply", "wire", "quant", "live", "join")
+BENCHES = ("step", "apply", "wire", "quant", "live", "join", "learn")
 
 
 def run_bench(values: dict[str, Any]) -> int:
@@ -87,6 +88,10 @@ def run_bench(values: dict[str, Any]) -> int:
     from .bench_live import bench_live
 
     which = values["which"]
+    if which == "learn":  # bench_learn.py: learning to a target, arm by arm
+        result = {"bench": which, "host": _host(), **bench_learn(values)}
+        emit_json(result) if values["json"] else print_learn(result)
+        return 0
     runs = {
         "step": bench_step,
         "apply": bench_apply,

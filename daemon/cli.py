@@ -71,6 +71,7 @@ class Command:
 
 def _commands() -> list[Command]:
     from .bench import BENCH_OPTIONS, BENCHES
+    from .bench_learn import LEARN_OPTIONS
 
     return [
         Command(
@@ -160,7 +161,7 @@ def _commands() -> list[Command]:
             "bench",
             "benchmarks with side-by-side ratios",
             None,
-            [("bench", BENCH_OPTIONS)],
+            [("bench", BENCH_OPTIONS), ("learn", LEARN_OPTIONS)],
             commands.run_bench,
             ("which", "which benchmark"),
             BENCHES,

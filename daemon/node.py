@@ -427,9 +427,13 @@ class Node:
 
     # -- training --------------------------------------------------------------------------------
 
+    @property
+    def own_steps(self) -> int:
+        """Own steps taken: own records over the records a step makes (K for FZOO)."""
+        return self.applied.get(self.me, 0) // self.replica.engine.records_per_step
+
     def _steps_left(self) -> bool:
-        own = self.applied.get(self.me, 0)
-        return self.joined.is_set() and (self.max_steps < 0 or own < self.max_steps)
+        return self.joined.is_set() and (self.max_steps < 0 or self.own_steps < self.max_steps)
 
     async def _trainer(self) -> None:
         try:
@@ -448,7 +452,7 @@ class Node:
                     )  # fmt: skip
                 if self._finish_requested:
                     self._finish_requested = False
-                    taken = self.applied.get(self.me, 0)
+                    taken = self.own_steps
                     if self.max_steps < 0 or self.max_steps > taken:
                         self.max_steps = taken
                         log.info("%s: finishing: no more own steps after %d", self.me, taken)
@@ -476,7 +480,7 @@ class Node:
                     self.stats.record_step(
                         outcome.loss,
                         outcome.seconds,
-                        own=self.applied.get(self.me, 0),
+                        own=self.own_steps,
                         applied=sum(self.applied.values()),
                     )
                     if not self._unsealed:
@@ -640,7 +644,7 @@ class Node:
             digest_ = bytes.fromhex(digest(snap.version_vector))
             advert = SnapshotAdvert(digest_, bytes.fromhex(snap.fingerprint), snap.records)
         return self.session.presence(
-            steps=self.applied.get(self.me, 0),
+            steps=self.own_steps,
             loss=self.stats.recent_loss(10),
             alive=alive,
             snapshot=advert,
@@ -654,7 +658,7 @@ class Node:
         limit = f"/{self.max_steps}" if self.max_steps >= 0 else ""
         log.info(
             "%s: steps %d%s, loss %s, records applied %d, pending %d, peers %d, broker %s",
-            self.me, self.applied.get(self.me, 0), limit, "-" if loss is None else f"{loss:.4f}",
+            self.me, self.own_steps, limit, "-" if loss is None else f"{loss:.4f}",
             sum(self.applied.values()), pending(self.session, self.applied),
             self.session.live_peers(time.monotonic()), self.transport.statistics().state,
         )  # fmt: skip

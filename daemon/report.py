@@ -65,7 +65,7 @@ def compose_status(
     held = log_.held()
     ours = sum(held.values())
     step_rate, rec_rate = stats.rates(now)
-    own = applied.get(me, 0)
+    own = applied.get(me, 0) // engine.records_per_step  # steps (a step makes K records)
     times = stats.step_times
     return NodeStatus(
         node=me,

@@ -180,6 +180,21 @@ class RunSettings:
     init_seed: int = setting(
         0, "seed of randomly initialised parts (tiny model, new heads)", check=non_negative
     )
+    estimator: str = setting(
+        "auto",
+        "how a step estimates the gradient: spsa (two passes, one record), fzoo (one plain and "
+        "K perturbed passes, K records), or auto (fzoo for pretrained models, spsa for tiny)",
+        choices=("auto", "spsa", "fzoo"),
+    )
+    directions: int = setting(
+        0, "fzoo: directions (records) per step, 2..64 (0: 8)", check=non_negative
+    )
+    direction: str = setting(
+        "dense",
+        "random directions: dense signs, or lowrank (rank-1 signs for matrices: several times "
+        "cheaper to replay)",
+        choices=("dense", "lowrank"),
+    )
     keys: str = setting(
         "", "signed run: node=PUBLIC_KEY_HEX pairs separated by commas, or @FILE with one per line"
     )

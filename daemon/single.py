@@ -77,7 +77,12 @@ def _train(s: TrainSettings, replica: Replica, session: Session, store: Any, out
         acc = f" accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
         say(f"eval at step {step}: loss {result['loss']:.4f}{acc}", quiet=quiet)
 
-    start = replica.next_own_seq
+    k = engine.records_per_step  # a step makes K records (FZOO), each its own seq and seed
+
+    def steps_done() -> int:
+        return replica.next_own_seq // k
+
+    start = steps_done()
     if start >= s.steps:
         say(f"{node} already took {start} steps (>= --steps {s.steps}); nothing to do", quiet=quiet)
     evaluate(start)
@@ -94,22 +99,22 @@ def _train(s: TrainSettings, replica: Replica, session: Session, store: Any, out
             session.stored(sealed)
             pending.clear()
 
-    while replica.next_own_seq < s.steps:
+    while steps_done() < s.steps:
         outcome = replica.step()
         pending.extend(outcome.qs)
         losses.append(outcome.loss)
         if len(pending) >= s.frame_records:
             flush()
-        done = replica.next_own_seq
+        done = steps_done()
         progress.update(done, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", q=outcome.qs[0])
         if s.eval_every and done % s.eval_every == 0 and done < s.steps:
             evaluate(done)
     flush()
     progress.close()
     elapsed = time.monotonic() - t_steps
-    taken = replica.next_own_seq - start
+    taken = steps_done() - start
     if taken:
-        evaluate(replica.next_own_seq)
+        evaluate(steps_done())
     cap = replica.capture()
     snapshots.save(
         out.snapshots,

@@ -9,8 +9,8 @@ snapshot. The arithmetic is the numpy reference (protocol/philox.py), not the ba
 the snapshot, and it is exact for the same reason replay is: integers of grid steps, summed
 exactly, times a power of two.
 
-Cost: one Philox evaluation per record and audited block (plus one per row and column block
-for low-rank matrices), independent of the model's size. Detection: a snapshot that differs
+Cost: one Philox evaluation per record and audited block (for a low-rank matrix, one per row
+block and column block the audited elements touch), independent of the model's size. Detection: a snapshot that differs
 from the truth in ``d`` of the ``B`` blocks escapes an audit of ``k`` blocks (drawn without
 replacement) with probability C(B-d, k) / C(B, k) (about ``(1 - d/B)^k``); one altered element
 is caught with probability ``k / B``.
@@ -26,7 +26,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from seedswarm.protocol.philox import BLOCK, STREAM_SIGNS, philox4x32
+from seedswarm.protocol.philox import (
+    BLOCK,
+    STREAM_LOWRANK_A,
+    STREAM_LOWRANK_B,
+    STREAM_SIGNS,
+    philox4x32,
+)
 from seedswarm.protocol.records import Record
 
 from .engine import Engine
@@ -87,6 +93,18 @@ def _bits(words: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint8]:
     return np.unpackbits(little, axis=1, bitorder="little")
 
 
+def _vector(
+    seeds: npt.NDArray[np.uint64], index: npt.NDArray[np.int64], tensor: int, stream: int
+) -> npt.NDArray[np.int8]:
+    """(R, len(index)) entries ``index`` of a low-rank sign vector (a: rows, b: columns)."""
+    out = np.empty((len(seeds), len(index)), dtype=np.int8)
+    for blk in np.unique(index // BLOCK):
+        at = index // BLOCK == blk
+        bits = _bits(_words(seeds, int(blk), tensor, stream))  # (R, 128)
+        out[:, at] = 1 - 2 * bits[:, index[at] % BLOCK].astype(np.int8)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class _Records:
     """What every audited block needs of the records, computed once: (R,) seeds and the (R, T)
@@ -114,7 +132,15 @@ def expected_block(
     grid = engine.grids[block.tensor]
     n = len(now)
     total = np.zeros(n, dtype=np.int64)
-    if len(recs.seeds):
+    matrix = next((m for m in engine.layout.matrices if m.tensor_id == block.tensor), None)
+    if len(recs.seeds) and matrix is not None:
+        # a low-rank direction: z[i*cols + j] = a[i] * b[j] (docs/PROTOCOL.md §4)
+        steps = recs.steps[:, block.tensor]  # (R,)
+        e = np.arange(block.block * BLOCK, block.block * BLOCK + n)
+        a = _vector(recs.seeds, e // matrix.cols, grid.tensor_id, STREAM_LOWRANK_A)  # (R, n)
+        b = _vector(recs.seeds, e % matrix.cols, grid.tensor_id, STREAM_LOWRANK_B)
+        total = np.einsum("r,rj->j", steps, a * b, dtype=np.int64)
+    elif len(recs.seeds):
         steps = recs.steps[:, block.tensor]  # (R,)
         bits = _bits(_words(recs.seeds, block.block, grid.tensor_id, STREAM_SIGNS))[:, :n]
         # sum_r steps_r * (1 - 2 bit_r) = sum(steps) - 2 * steps @ bits, exact in int64. einsum,

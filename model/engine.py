@@ -5,7 +5,8 @@ kernel backend. Every change to the weights goes through ``_accumulate``, which 
 numbers of grid steps times Rademacher directions, so the weights after any set of records are
 the same bits in any order, in any batching, on any device.
 
-A ZO step (SPSA / MeZO) with the fewest passes over the weights:
+A ZO step with the fewest passes over the weights. SPSA / MeZO (``estimator = "spsa"``), one
+direction and record:
 
     pass 1   theta += eps*z  - sum_peers u*q_r*z_r      (pending peer records ride along)
              L+ = loss(batch)
@@ -14,13 +15,21 @@ A ZO step (SPSA / MeZO) with the fewest passes over the weights:
              g = (L+ - L-) / (2*eps);  q = quantise(lr*g/u)
     pass 3   theta += eps*z - u*q*z                      (restore fused with the update)
 
+FZOO (``estimator = "fzoo"``), K one-sided directions, each its own record (estimators.py):
+
+    pass 0   theta -= sum_peers u*q_r*z_r               (only when peer records are pending)
+             l0 = loss(batch)
+    pass 1   theta += eps*z_1;               l_1 = loss(batch)
+    pass i   theta += eps*z_i - eps*z_(i-1); l_i = loss(batch)          (i = 2 .. K)
+             g_i = (l_i - l0) / (K*sigma);  q_i = quantise(lr*g_i/u)
+    pass K+1 theta -= eps*z_K + sum_i u*q_i*z_i         (restore fused with all K updates)
+
 Each pass regenerates z from the seed in the kernel; z is never stored.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import struct
 from collections.abc import Iterable, Sequence
@@ -36,6 +45,7 @@ from seedswarm.protocol.records import Record
 from seedswarm.protocol.seeds import derive_seed
 
 from .errors import ModelError
+from .estimators import fzoo_gradients, spsa_gradient
 from .grid import TensorGrid, headroom_bits, make_grid, snap_
 from .kernels import Backend, make_backend
 from .layout import exact_batches, pack_
@@ -57,14 +67,17 @@ class Hyper:
     grid_min_exp: int | None = None  # default: unit_exp - 8
     trainable: str = ""
     init_seed: int = 0
+    estimator: str = "spsa"  # or "fzoo" (K one-sided directions per step)
+    directions: int = 1  # K: records per step
+    direction: str = "dense"  # or "lowrank" (rank-1 signs for matrices)
 
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
     """What one step produced: one record byte per direction, in the order of its seeds.
 
-    ``losses`` are the forward passes' losses in the order they ran (SPSA: L+, L-);
-    ``loss`` is the step's training loss as shown to people.
+    ``losses`` are the forward passes' losses in the order they ran (SPSA: L+, L-; FZOO: l0,
+    l_1 .. l_K); ``loss`` is the step's training loss as shown to people (their mean).
     """
 
     qs: tuple[int, ...]
@@ -131,7 +144,8 @@ class Engine:
         for (_, p), grid in zip(self.trainable, self.grids, strict=True):
             snap_(p.data, grid.exp)
         # all trainable weights become views of one buffer: every update is one kernel call
-        self.flat, self.layout = pack_([p for _, p in self.trainable], self.grids)
+        lowrank = manifest.direction == "lowrank"
+        self.flat, self.layout = pack_([p for _, p in self.trainable], self.grids, lowrank=lowrank)
         self.backend: Backend = make_backend(kernel, device, threads=kernel_threads)
         self.numel = sum(g.numel for g in self.grids)
 
@@ -167,6 +181,9 @@ class Engine:
             trainable=hyper.trainable,
             init_seed=hyper.init_seed,
             keys=tuple(sorted(keys)),
+            estimator=hyper.estimator,
+            directions=hyper.directions,
+            direction=hyper.direction,
         )
         tm = TaskModel(loaded, task, init_seed=hyper.init_seed)
         engine = Engine(draft, tm, device=torch.device("cpu"), kernel="torch")
@@ -247,7 +264,12 @@ class Engine:
     @property
     def records_per_step(self) -> int:
         """How many records (directions, each with its own seq and seed) one step produces."""
-        return 1
+        return self.manifest.directions
+
+    @property
+    def forwards_per_step(self) -> int:
+        """Forward passes of one step: 2 for SPSA, K + 1 for FZOO."""
+        return 2 if self.manifest.estimator == "spsa" else self.manifest.directions + 1
 
     def step(
         self, seeds: Sequence[int], batch: dict[str, torch.Tensor], pending: Sequence[Record] = ()
@@ -256,19 +278,46 @@ class Engine:
         ``pending`` peer records are applied in the first pass."""
         if len(seeds) != self.records_per_step:
             raise ValueError(f"a step takes {self.records_per_step} seeds, got {len(seeds)}")
-        (seed,) = seeds
         peers = [(self.seed_of(r.node, r.seq), 0, r.q) for r in pending if r.q]
+        if self.manifest.estimator == "fzoo":
+            return self._fzoo_step(list(seeds), batch, peers)
+        (seed,) = seeds
         m = self.manifest
         self._accumulate([*peers, (seed, 1, 0)])
         loss_plus = self.task_model.loss(batch)
         self._accumulate([(seed, -2, 0)])
         loss_minus = self.task_model.loss(batch)
-        g = (loss_plus - loss_minus) / (2.0 * m.epsilon)
-        if not math.isfinite(g):
-            g = math.nan  # quantises to q = 0: the step is recorded but moves nothing
+        # NaN (a non-finite loss) quantises to q = 0: the step is recorded but moves nothing
+        g = spsa_gradient(loss_plus, loss_minus, m.epsilon)
         q = quantize_gradient(g, lr=m.lr, unit_exp=m.unit_exp, seed=seed)
         self._accumulate([(seed, 1, q)])
         return StepResult((q,), (g,), (loss_plus, loss_minus))
+
+    def _fzoo_step(
+        self,
+        seeds: list[int],
+        batch: dict[str, torch.Tensor],
+        peers: list[tuple[int, int, int]],
+    ) -> StepResult:
+        m = self.manifest
+        self._accumulate(peers)
+        loss0 = self.task_model.loss(batch)
+        losses = []
+        for i, seed in enumerate(seeds):
+            # +eps*z_i, and take the previous direction off in the same pass
+            self._accumulate([(seed, 1, 0)] + ([(seeds[i - 1], -1, 0)] if i else []))
+            losses.append(self.task_model.loss(batch))
+        gs = fzoo_gradients(loss0, losses)
+        qs = tuple(
+            quantize_gradient(g, lr=m.lr, unit_exp=m.unit_exp, seed=s)
+            for g, s in zip(gs, seeds, strict=True)
+        )
+        # restore the last perturbation fused with the updates of all K records
+        last = len(seeds) - 1
+        self._accumulate(
+            [(s, -1 if i == last else 0, q) for i, (s, q) in enumerate(zip(seeds, qs, strict=True))]
+        )
+        return StepResult(qs, gs, (loss0, *losses))
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -303,25 +352,7 @@ class Engine:
 
     def evaluate(self, examples: Examples, *, batch_size: int = 64) -> dict[str, float]:
         """Mean loss (and accuracy for classification) over ``examples``."""
-        tm = self.task_model
-        total, correct, n = 0.0, 0, 0
-        for i in range(0, len(examples), batch_size):
-            part = examples.subset(range(i, min(i + batch_size, len(examples))))
-            batch = tm.make_batch(part)
-            size = len(part)
-            if tm.spec.kind == "classify":
-                logits = tm.logits(batch)
-                total += float(
-                    torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
-                )
-                correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            else:
-                total += tm.loss(batch) * size
-            n += size
-        out = {"loss": total / max(n, 1), "examples": float(n)}
-        if tm.spec.kind == "classify":
-            out["accuracy"] = correct / max(n, 1)
-        return out
+        return evaluate(self.task_model, examples, batch_size=batch_size)
 
     def save_pretrained(self, out: Path) -> None:
         """Write the fine-tuned backbone (and tokenizer, and a new head) with save_pretrained."""
@@ -346,6 +377,28 @@ class Engine:
                 {k: v.detach().cpu().contiguous() for k, v in tm.head.state_dict().items()},
                 str(out / "seedswarm_head.safetensors"),
             )
+
+
+def evaluate(tm: TaskModel, examples: Examples, *, batch_size: int = 64) -> dict[str, float]:
+    """Mean loss (and accuracy for classification) of ``tm`` over ``examples``."""
+    total, correct, n = 0.0, 0, 0
+    for i in range(0, len(examples), batch_size):
+        part = examples.subset(range(i, min(i + batch_size, len(examples))))
+        batch = tm.make_batch(part)
+        size = len(part)
+        if tm.spec.kind == "classify":
+            logits = tm.logits(batch)
+            total += float(
+                torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum")
+            )
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+        else:
+            total += tm.loss(batch) * size
+        n += size
+    out = {"loss": total / max(n, 1), "examples": float(n)}
+    if tm.spec.kind == "classify":
+        out["accuracy"] = correct / max(n, 1)
+    return out
 
 
 def _backbone_kind(task: TaskSpec) -> str:

@@ -4,13 +4,21 @@
 
 ``w`` is a flat fp32 tensor (a trainable parameter's storage), ``steps`` are whole grid steps.
 Perturbing, restoring, applying a batch of peer records and the fused restore-and-update of a ZO
-step are all calls of this with different (seed, steps) lists.
+step are all calls of this with different (seed, steps) lists. With low-rank directions a
+matrix tensor (rows, cols) takes the same call in its own form:
+
+    accumulate_lowrank(w, tensor_id, seeds, steps, scale):
+        w += scale * sum_r steps[r] * a(seeds[r]) b(seeds[r])^T  =  scale * A diag(steps) B^T
+
+an integer matrix product, exact because every partial sum is an integer below 2**24.
 
 Backends, all bit-identical (tests/unit/model/test_kernels.py):
   * ``torch``  : plain torch integer ops (signs.py); any device; the portable reference.
   * ``cpu``    : the C kernel in csrc/zokernel.c, built with the package; signs are generated
-                 and added in one pass over the weights, in L1-sized tiles, by several threads.
-  * ``triton`` : a Triton kernel for CUDA (triton_kernel.py), when Triton is installed.
+                 and added in one pass over the weights, in L1-sized tiles, by several threads;
+                 low-rank products by the four-Russians method in int32.
+  * ``triton`` : a Triton kernel for CUDA (triton_kernel.py), when Triton is installed; low-rank
+                 products as an fp32 tensor-core-free dot (IEEE) fused with the add.
 """
 
 from __future__ import annotations
@@ -19,17 +27,17 @@ import math
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from seedswarm.protocol.philox import BLOCK
+from seedswarm.protocol.philox import BLOCK, STREAM_LOWRANK_A, STREAM_LOWRANK_B
 
 from .errors import ModelError
-from .layout import FlatLayout, single_tensor
-from .signs import philox_words, seed_keys
+from .layout import FlatLayout, matrix_view, single_tensor
+from .signs import philox_words, seed_keys, sign_matrix
 
 
 class Backend(Protocol):
@@ -53,6 +61,17 @@ class Backend(Protocol):
         steps: Sequence[int],
         scale: float,
     ) -> None: ...
+
+    def accumulate_lowrank(
+        self,
+        w: torch.Tensor,
+        tensor_id: int,
+        seeds: Sequence[int],
+        steps: Sequence[int],
+        scale: float,
+    ) -> None:
+        """``w`` is a (rows, cols) contiguous fp32 matrix; see the module docstring."""
+        ...
 
 
 class TorchBackend:
@@ -96,6 +115,30 @@ class TorchBackend:
                 hi = min(lo + nb * BLOCK, n)
                 w[lo:hi] += acc[: hi - lo].to(torch.float32) * scale
 
+    def accumulate_lowrank(
+        self,
+        w: torch.Tensor,
+        tensor_id: int,
+        seeds: Sequence[int],
+        steps: Sequence[int],
+        scale: float,
+    ) -> None:
+        """A diag(steps) B^T as a float64 product (exact: integers far below 2**53, and no
+        float64 matmul anywhere uses reduced precision), added in row chunks."""
+        pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
+        if not pairs or w.numel() == 0:
+            return
+        rows, cols = w.shape
+        device = w.device
+        live = [s for s, _ in pairs]
+        st = torch.tensor([k for _, k in pairs], dtype=torch.float64, device=device)
+        b = sign_matrix(live, tensor_id, cols, STREAM_LOWRANK_B, device, torch.float64)
+        chunk = max(1, self.chunk_elements // max(cols, 1))
+        for r0 in range(0, rows, chunk):
+            r1 = min(rows, r0 + chunk)
+            a = _rows_of(live, tensor_id, r0, r1, device) * st.view(-1, 1)  # (R, r1-r0)
+            w[r0:r1] += (a.T @ b).to(torch.float32) * scale
+
     def accumulate_flat(
         self,
         flat: torch.Tensor,
@@ -106,6 +149,18 @@ class TorchBackend:
         _flat_by_tensor(self, flat, layout, seeds, steps)
 
 
+def _rows_of(
+    seeds: list[int], tensor_id: int, r0: int, r1: int, device: torch.device
+) -> torch.Tensor:
+    """(R, r1 - r0) float64 a-signs of rows r0 .. r1-1 (whole sign blocks generated)."""
+    from .signs import sign_bits_torch
+
+    b0, b1 = r0 // BLOCK, -(-r1 // BLOCK)
+    bits = sign_bits_torch(seeds, tensor_id, b0, b1 - b0, device, STREAM_LOWRANK_A)
+    lo = r0 - b0 * BLOCK
+    return 1 - 2 * bits[:, lo : lo + (r1 - r0)].to(torch.float64)
+
+
 def _flat_by_tensor(
     backend: Backend,
     flat: torch.Tensor,
@@ -114,9 +169,14 @@ def _flat_by_tensor(
     steps: npt.NDArray[np.int32],
 ) -> None:
     """accumulate_flat as one per-tensor call each (the reference the packed kernels match)."""
+    matrices = {m.tensor_id: m for m in layout.matrices}
     for t, (off, n) in enumerate(zip(layout.offsets, layout.numels, strict=True)):
         col = [int(s) for s in steps[:, t]]
-        backend.accumulate(flat[off : off + n], t, seeds, col, float(layout.scales[t]))
+        scale = float(layout.scales[t])
+        if t in matrices:
+            backend.accumulate_lowrank(matrix_view(flat, matrices[t]), t, seeds, col, scale)
+        else:
+            backend.accumulate(flat[off : off + n], t, seeds, col, scale)
 
 
 class CpuKernelBackend:
@@ -157,10 +217,67 @@ class CpuKernelBackend:
         seeds: Sequence[int],
         steps: npt.NDArray[np.int32],
     ) -> None:
-        if len(seeds):
+        if not len(seeds):
+            return
+        dense = layout.n_dense_blocks * BLOCK
+        if dense:
             self._run(
-                flat, layout.block_tensor, layout.block_local, layout.scales, list(seeds), steps
-            )
+                flat[:dense], layout.block_tensor, layout.block_local, layout.scales,
+                list(seeds), steps,
+            )  # fmt: skip
+        if layout.matrices:
+            jobs = []
+            for m in layout.matrices:
+                col = steps[:, m.tensor_id]
+                if col.any():
+                    scale = float(layout.scales[m.tensor_id])
+                    jobs += self._lowrank_jobs(matrix_view(flat, m), m.tensor_id, seeds, col, scale)
+            self._wait(jobs)
+
+    def accumulate_lowrank(
+        self,
+        w: torch.Tensor,
+        tensor_id: int,
+        seeds: Sequence[int],
+        steps: Sequence[int],
+        scale: float,
+    ) -> None:
+        col = np.asarray(steps, dtype=np.int32)
+        if col.any():
+            self._wait(self._lowrank_jobs(w, tensor_id, seeds, col, scale))
+
+    def _lowrank_jobs(
+        self,
+        w: torch.Tensor,
+        tensor_id: int,
+        seeds: Sequence[int],
+        col: npt.NDArray[np.int32],
+        scale: float,
+    ) -> list[tuple[Any, ...]]:
+        """Calls of the C low-rank kernel for ``w``, split by rows over the threads."""
+        if w.device.type != "cpu" or w.dtype != torch.float32 or not w.is_contiguous():
+            raise ModelError("the CPU kernel needs a contiguous fp32 CPU tensor")
+        rows, cols = w.shape
+        if rows == 0 or cols == 0:
+            return []
+        live = [int(i) for i in np.flatnonzero(col)]
+        seed_bytes = struct.pack(f"<{len(live)}Q", *(seeds[i] for i in live))
+        step_bytes = np.ascontiguousarray(col[live], dtype="<i4").tobytes()
+        work = rows * cols * len(live)
+        parts = max(1, min(self.threads, work // self.min_split, -(-rows // BLOCK)))
+        per = -(-rows // parts)
+        return [
+            (w.data_ptr(), rows, cols, r0, min(rows, r0 + per), tensor_id, scale, seed_bytes,
+             step_bytes)
+            for r0 in range(0, rows, per)
+        ]  # fmt: skip
+
+    def _wait(self, jobs: list[tuple[Any, ...]]) -> None:
+        if len(jobs) == 1:
+            self._k.lowrank(*jobs[0])
+            return
+        for f in [self._pool.submit(self._k.lowrank, *job) for job in jobs]:
+            f.result()
 
     def _run(
         self,

@@ -12,6 +12,13 @@ A kernel walks the blocks of ``flat`` once and, per block, regenerates the signs
 from Philox(seed, (block_local[b], block_tensor[b], 0, 0)) -- exactly the per-tensor layout of
 docs/PROTOCOL.md, so packing changes nothing in the bits. Padding elements receive updates too;
 nothing ever reads them.
+
+With low-rank directions (the manifest's ``direction = "lowrank"``) every 2-D tensor takes its
+direction from two sign vectors instead (z = a b^T, docs/PROTOCOL.md). Those
+tensors are packed after all the others, so the dense kernels walk blocks [0, dense_blocks)
+only, and each matrix is a contiguous (rows, cols) view for the low-rank kernels:
+
+    flat = [ dense tensors ... | pad ][ matrix | pad ][ matrix | pad ] ...
 """
 
 from __future__ import annotations
@@ -29,6 +36,16 @@ from .grid import TensorGrid
 
 
 @dataclass(frozen=True, slots=True)
+class Matrix:
+    """A 2-D trainable tensor with a low-rank direction: its id, where it sits, its shape."""
+
+    tensor_id: int
+    offset: int
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
 class FlatLayout:
     offsets: tuple[int, ...]  # element offset of each tensor in the buffer
     numels: tuple[int, ...]
@@ -38,6 +55,12 @@ class FlatLayout:
     scales: torch.Tensor  # (n_tensors,) float32
     eps_steps: npt.NDArray[np.int64]  # (n_tensors,)
     unit_shift: npt.NDArray[np.int64]  # (n_tensors,)
+    dense_blocks: int = -1  # blocks [0, dense_blocks) take dense signs (-1: all of them)
+    matrices: tuple[Matrix, ...] = ()  # the low-rank tensors, after the dense region
+
+    @property
+    def n_dense_blocks(self) -> int:
+        return self.n_blocks if self.dense_blocks < 0 else self.dense_blocks
 
     @property
     def n_tensors(self) -> int:
@@ -97,17 +120,23 @@ def exact_batches(steps: npt.NDArray[np.int32]) -> list[tuple[int, int]]:
 
 
 def pack_(
-    params: Sequence[torch.Tensor], grids: Sequence[TensorGrid]
+    params: Sequence[torch.Tensor], grids: Sequence[TensorGrid], *, lowrank: bool = False
 ) -> tuple[torch.Tensor, FlatLayout]:
-    """Move ``params`` into one padded fp32 buffer (in place: they become views of it)."""
+    """Move ``params`` into one padded fp32 buffer (in place: they become views of it).
+
+    ``lowrank``: 2-D tensors get low-rank directions and are packed after the others.
+    """
     device = params[0].device
-    offsets, numels = [], []
+    is_matrix = [lowrank and p.dim() == 2 for p in params]
+    order = [t for t, m in enumerate(is_matrix) if not m] + [
+        t for t, m in enumerate(is_matrix) if m
+    ]
+    offsets, numels = [0] * len(params), [p.numel() for p in params]
     total_blocks = 0
-    for p in params:
-        n = p.numel()
-        offsets.append(total_blocks * BLOCK)
-        numels.append(n)
-        total_blocks += -(-n // BLOCK)
+    for t in order:
+        offsets[t] = total_blocks * BLOCK
+        total_blocks += -(-numels[t] // BLOCK)
+    dense_blocks = sum(-(-numels[t] // BLOCK) for t in order if not is_matrix[t])
     flat = torch.zeros(total_blocks * BLOCK, dtype=torch.float32, device=device)
     block_tensor = np.empty(total_blocks, dtype=np.int32)
     block_local = np.empty(total_blocks, dtype=np.int32)
@@ -129,8 +158,19 @@ def pack_(
         scales=torch.tensor([g.scale for g in grids], dtype=torch.float32, device=device),
         eps_steps=np.array([g.eps_steps for g in grids], dtype=np.int64),
         unit_shift=np.array([g.unit_shift for g in grids], dtype=np.int64),
+        dense_blocks=dense_blocks,
+        matrices=tuple(
+            Matrix(t, offsets[t], int(params[t].shape[0]), int(params[t].shape[1]))
+            for t in order
+            if is_matrix[t]
+        ),
     )
     return flat, layout
+
+
+def matrix_view(flat: torch.Tensor, m: Matrix) -> torch.Tensor:
+    """The (rows, cols) view of a low-rank matrix in the flat buffer."""
+    return flat[m.offset : m.offset + m.rows * m.cols].view(m.rows, m.cols)
 
 
 def single_tensor(

@@ -67,12 +67,17 @@ def seed_keys(seeds: list[int], device: torch.device) -> tuple[torch.Tensor, tor
 
 
 def sign_bits_torch(
-    seeds: list[int], tensor_id: int, first_block: int, n_blocks: int, device: torch.device
+    seeds: list[int],
+    tensor_id: int,
+    first_block: int,
+    n_blocks: int,
+    device: torch.device,
+    stream: int = STREAM_SIGNS,
 ) -> torch.Tensor:
     """(R, n_blocks * 128) uint8 bits (1 means -1) of blocks first_block.. for each seed."""
     k0, k1 = seed_keys(seeds, device)
     blocks = torch.arange(first_block, first_block + n_blocks, dtype=torch.int64, device=device)
-    words = torch.stack(philox_words(k0, k1, blocks.view(1, -1), tensor_id, 0, STREAM_SIGNS), -1)
+    words = torch.stack(philox_words(k0, k1, blocks.view(1, -1), tensor_id, 0, stream), -1)
     shifts = torch.arange(32, dtype=torch.int64, device=device)
     bits = (words.unsqueeze(-1) >> shifts) & 1  # (R, nb, 4, 32)
     return bits.reshape(len(seeds), n_blocks * BLOCK).to(torch.uint8)
@@ -83,3 +88,22 @@ def signs_torch(seed: int, tensor_id: int, numel: int, device: torch.device) -> 
     n_blocks = -(-numel // BLOCK)
     bits = sign_bits_torch([seed], tensor_id, 0, n_blocks, device)[0, :numel]
     return (1 - 2 * bits.to(torch.int8)).to(torch.int8)
+
+
+def sign_matrix(
+    seeds: list[int],
+    tensor_id: int,
+    n: int,
+    stream: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    chunk_blocks: int = 1024,
+) -> torch.Tensor:
+    """(R, n) signs in {-1, +1} of ``stream`` for each seed (the low-rank a or b vectors)."""
+    n_blocks = -(-n // BLOCK)
+    out = torch.empty(len(seeds), n_blocks * BLOCK, dtype=dtype, device=device)
+    for b0 in range(0, n_blocks, chunk_blocks):
+        nb = min(chunk_blocks, n_blocks - b0)
+        bits = sign_bits_torch(seeds, tensor_id, b0, nb, device, stream)
+        out[:, b0 * BLOCK : (b0 + nb) * BLOCK] = 1 - 2 * bits.to(dtype)
+    return out[:, :n]

@@ -13,6 +13,13 @@ one tensor). A program handles ``TILE`` sign blocks of 128 elements:
     record, no multiply;
   * all R records are summed in int32 registers before one read-modify-write of the weights,
     so a batch reads and writes each weight once.
+
+Low-rank directions (``_lowrank_kernel``): the update of a matrix by R records is the product
+A' B with A' = (R, rows) the a-signs times each record's steps and B = (R, cols) the b-signs
+(both made by signs.sign_matrix on the device). Each program computes one (BM, BN) tile with
+``tl.dot(..., input_precision="ieee")``: plain fp32 multiply-adds, no TF32, whose partial sums
+are integers below 2**24 and therefore exact in any order; the tile is then added to the
+weights once.
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from seedswarm.protocol.philox import STREAM_LOWRANK_A, STREAM_LOWRANK_B
+
 from .errors import ModelError
-from .layout import FlatLayout, single_tensor
+from .layout import FlatLayout, matrix_view, single_tensor
+from .signs import sign_matrix
 
 try:  # Triton is optional: present with CUDA builds of torch, absent on CPU-only hosts.
     import triton
@@ -130,6 +140,36 @@ if _HAVE_TRITON:
         v = tl.load(w_ptr + offs, mask=mask, other=0.0)
         tl.store(w_ptr + offs, v + acc3.to(tl.float32) * scale, mask=mask)
 
+    @triton.jit
+    def _lowrank_kernel(  # type: ignore[no-untyped-def]
+        w_ptr,
+        a_ptr,
+        b_ptr,
+        rows,
+        cols,
+        nrec,
+        scale,
+        BM: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+        rn = (pid_n * BN + tl.arange(0, BN)).to(tl.int64)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, nrec, BK):
+            rk = (k0 + tl.arange(0, BK)).to(tl.int64)
+            a_mask = (rk[None, :] < nrec) & (rm[:, None] < rows)
+            a = tl.load(a_ptr + rk[None, :] * rows + rm[:, None], mask=a_mask, other=0.0)
+            b_mask = (rk[:, None] < nrec) & (rn[None, :] < cols)
+            b = tl.load(b_ptr + rk[:, None] * cols + rn[None, :], mask=b_mask, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision="ieee")  # (BM, BK) @ (BK, BN)
+        offs = rm[:, None] * cols + rn[None, :]
+        mask = (rm[:, None] < rows) & (rn[None, :] < cols)
+        v = tl.load(w_ptr + offs, mask=mask, other=0.0)
+        tl.store(w_ptr + offs, v + acc * scale, mask=mask)
+
 
 class TritonBackend:
     name = "triton"
@@ -168,8 +208,39 @@ class TritonBackend:
         if not len(seeds):
             return
         self._check(flat)
-        self._launch(flat, layout.n_blocks, layout.block_tensor, layout.block_local,
-                     layout.scales, seeds, steps)  # fmt: skip
+        dense = layout.n_dense_blocks
+        if dense:
+            self._launch(flat[: dense * 128], dense, layout.block_tensor, layout.block_local,
+                         layout.scales, seeds, steps)  # fmt: skip
+        for m in layout.matrices:
+            col = [int(x) for x in steps[:, m.tensor_id]]
+            scale = float(layout.scales[m.tensor_id])
+            self.accumulate_lowrank(matrix_view(flat, m), m.tensor_id, seeds, col, scale)
+
+    def accumulate_lowrank(
+        self,
+        w: torch.Tensor,
+        tensor_id: int,
+        seeds: Sequence[int],
+        steps: Sequence[int],
+        scale: float,
+    ) -> None:
+        """w += scale * A' B for a (rows, cols) matrix (see the module docstring)."""
+        pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
+        if not pairs or w.numel() == 0:
+            return
+        self._check(w)
+        rows, cols = w.shape
+        dev = w.device
+        live = [s for s, _ in pairs]
+        st = torch.tensor([k for _, k in pairs], dtype=torch.float32, device=dev)
+        a = sign_matrix(live, tensor_id, rows, STREAM_LOWRANK_A, dev) * st.view(-1, 1)
+        b = sign_matrix(live, tensor_id, cols, STREAM_LOWRANK_B, dev)
+        bm, bn, bk = 64, 64, 32
+        grid = (-(-rows // bm), -(-cols // bn))
+        _lowrank_kernel[grid](
+            w, a.contiguous(), b.contiguous(), rows, cols, len(live), scale, BM=bm, BN=bn, BK=bk,
+        )  # fmt: skip
 
     @staticmethod
     def _check(w: torch.Tensor) -> None:

@@ -28,6 +28,11 @@ FORMAT = 2  # protocol 2: binary frames (a run of protocol 1 has another run id)
 RUN_DOMAIN = b"seedswarm/run/v1"
 TASK_KINDS = ("causal_lm", "classify")
 SCORERS = ("lm", "mlm", "embed", "head")
+ESTIMATORS = ("spsa", "fzoo")  # how a step turns forward passes into records (docs §6)
+DIRECTIONS = ("dense", "lowrank")  # what z(seed) is for a matrix (docs §4); replay needs it
+MAX_DIRECTIONS = 64
+# v1 meaning of an absent field: a manifest omits these when they hold it, so v1 run ids stay
+ARITHMETIC_DEFAULTS: dict[str, Any] = {"estimator": "spsa", "directions": 1, "direction": "dense"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -118,6 +123,9 @@ class Manifest:
     init_seed: int = 0
     keys: tuple[tuple[str, str], ...] = field(default=())
     format: int = FORMAT
+    estimator: str = "spsa"
+    directions: int = 1  # records (directions) per step
+    direction: str = "dense"
 
     def __post_init__(self) -> None:
         try:
@@ -145,6 +153,7 @@ class Manifest:
             raise ManifestError(f"grid_min_exp must be in [-100, 0], got {self.grid_min_exp}")
         if not 0 <= self.init_seed < 2**63:
             raise ManifestError("init_seed must be in [0, 2**63)")
+        _check_arithmetic(self.estimator, self.directions, self.direction)
         try:
             re.compile(self.trainable)
         except (re.error, OverflowError, RecursionError) as exc:
@@ -186,7 +195,7 @@ class Manifest:
             "init_seed": self.init_seed,
             "task": self.task.to_dict(),
             "keys": dict(self.keys),
-        }
+        } | {k: getattr(self, k) for k, v in ARITHMETIC_DEFAULTS.items() if getattr(self, k) != v}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
@@ -214,6 +223,9 @@ class Manifest:
                 init_seed=_typed(d, "init_seed", int),
                 task=TaskSpec.from_dict(task),
                 keys=tuple(sorted((str(k), str(v)) for k, v in keys.items())),
+                estimator=_typed(d, "estimator", str, "spsa"),
+                directions=_typed(d, "directions", int, 1),
+                direction=_typed(d, "direction", str, "dense"),
             )
         except KeyError as exc:
             raise ManifestError(f"manifest is missing the field {exc.args[0]!r}") from exc
@@ -277,9 +289,23 @@ TASK_FIELDS = frozenset(
 MANIFEST_FIELDS = frozenset(
     {
         "format", "name", "model", "base_hash", "trainable", "epsilon", "lr", "unit_exp",
-        "headroom_exp", "grid_min_exp", "init_seed", "task", "keys",
+        "headroom_exp", "grid_min_exp", "init_seed", "task", "keys", "estimator", "directions",
+        "direction",
     }
 )  # fmt: skip
+
+
+def _check_arithmetic(estimator: str, directions: int, direction: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ManifestError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+    if direction not in DIRECTIONS:
+        raise ManifestError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    if estimator == "spsa" and directions != 1:
+        raise ManifestError(f"the spsa estimator takes one direction per step, not {directions}")
+    if estimator == "fzoo" and not 2 <= directions <= MAX_DIRECTIONS:
+        raise ManifestError(
+            f"the fzoo estimator takes 2 to {MAX_DIRECTIONS} directions per step, not {directions}"
+        )
 
 
 def _no_unknown(d: Mapping[str, Any], known: frozenset[str], what: str) -> None:

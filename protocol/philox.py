@@ -11,9 +11,14 @@ Layout used by seedswarm (all words are uint32):
     key     = (seed & 0xFFFFFFFF, seed >> 32)              seed: the record's 64-bit seed
     counter = (block, tensor_id, 0, STREAM_SIGNS)          signs of elements 128*block .. +127
     counter = (0, 0, 0, STREAM_QUANTISER)                  the quantiser's uniform draw
+    counter = (block, tensor_id, 0, STREAM_LOWRANK_A)      low-rank a: rows 128*block .. +127
+    counter = (block, tensor_id, 0, STREAM_LOWRANK_B)      low-rank b: columns 128*block .. +127
 
 Within a sign block, element ``128*block + 32*w + b`` takes bit ``b`` (least significant
-first) of output word ``w``; a 0 bit means +1 and a 1 bit means -1.
+first) of output word ``w``; a 0 bit means +1 and a 1 bit means -1. The low-rank streams use
+the same layout for the entries of the vectors a (length rows) and b (length cols) of a matrix
+tensor (rows, cols), whose direction is then z[i*cols + j] = a[i] * b[j] (``lowrank_signs``):
+every entry is still +1 or -1, so the exact grid and the update rule do not change.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ ROUNDS: Final = 10
 STREAM_SIGNS: Final = 0
 STREAM_QUANTISER: Final = 1
 STREAM_DATA: Final = 2  # batch sampling; not part of the wire protocol
+STREAM_LOWRANK_A: Final = 3  # rank-1 directions of matrices (manifest direction "lowrank")
+STREAM_LOWRANK_B: Final = 4
 
 BLOCK: Final = 128  # elements per Philox output (4 words x 32 bits)
 _MASK32: Final = np.uint64(0xFFFFFFFF)
@@ -72,7 +79,9 @@ def seed_key(seed: int) -> U32Array:
     return np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint32)
 
 
-def sign_words(seed: int, tensor_id: int, first_block: int, n_blocks: int) -> U32Array:
+def sign_words(
+    seed: int, tensor_id: int, first_block: int, n_blocks: int, stream: int = STREAM_SIGNS
+) -> U32Array:
     """The (n_blocks, 4) Philox outputs that hold the signs of blocks first_block.. ."""
     if not 0 <= tensor_id < 2**32:
         raise ValueError(f"tensor_id must fit in 32 bits, got {tensor_id}")
@@ -81,22 +90,42 @@ def sign_words(seed: int, tensor_id: int, first_block: int, n_blocks: int) -> U3
     ctr = np.zeros((n_blocks, 4), dtype=np.uint32)
     ctr[:, 0] = np.arange(first_block, first_block + n_blocks, dtype=np.uint64).astype(np.uint32)
     ctr[:, 1] = tensor_id
-    ctr[:, 3] = STREAM_SIGNS
+    ctr[:, 3] = stream
     return philox4x32(ctr, seed_key(seed))
 
 
-def sign_bits(seed: int, tensor_id: int, numel: int) -> npt.NDArray[np.uint8]:
+def sign_bits(
+    seed: int, tensor_id: int, numel: int, stream: int = STREAM_SIGNS
+) -> npt.NDArray[np.uint8]:
     """One bit per element of a tensor of ``numel`` elements (1 means -1)."""
     n_blocks = -(-numel // BLOCK)
-    words = sign_words(seed, tensor_id, 0, n_blocks)  # (n_blocks, 4)
+    words = sign_words(seed, tensor_id, 0, n_blocks, stream)  # (n_blocks, 4)
     shifts = np.arange(32, dtype=np.uint32)
     bits = (words[:, :, None] >> shifts) & np.uint32(1)  # (n_blocks, 4, 32)
     return bits.reshape(-1)[:numel].astype(np.uint8)
 
 
-def signs(seed: int, tensor_id: int, numel: int) -> npt.NDArray[np.int8]:
+def signs(
+    seed: int, tensor_id: int, numel: int, stream: int = STREAM_SIGNS
+) -> npt.NDArray[np.int8]:
     """The Rademacher direction z in {-1, +1} for one tensor, flattened in row-major order."""
-    return (1 - 2 * sign_bits(seed, tensor_id, numel).astype(np.int8)).astype(np.int8)
+    return (1 - 2 * sign_bits(seed, tensor_id, numel, stream).astype(np.int8)).astype(np.int8)
+
+
+def lowrank_factors(
+    seed: int, tensor_id: int, rows: int, cols: int
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.int8]]:
+    """The vectors a (rows) and b (cols) in {-1, +1} of a matrix tensor's rank-1 direction."""
+    return (
+        signs(seed, tensor_id, rows, STREAM_LOWRANK_A),
+        signs(seed, tensor_id, cols, STREAM_LOWRANK_B),
+    )
+
+
+def lowrank_signs(seed: int, tensor_id: int, rows: int, cols: int) -> npt.NDArray[np.int8]:
+    """The rank-1 direction z = a b^T of a (rows, cols) matrix tensor, flattened row-major."""
+    a, b = lowrank_factors(seed, tensor_id, rows, cols)
+    return np.outer(a, b).astype(np.int8).reshape(-1)
 
 
 def stream_word(seed: int, stream: int, index: int = 0) -> int:

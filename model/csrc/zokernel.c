@@ -13,10 +13,25 @@
  * is exact while the weights stay on their grid (see model/grid.py). The GIL is released, so
  * Python threads can run disjoint block ranges in parallel. Everything is plain C that GCC
  * vectorises; target_clones builds AVX2 and AVX-512 variants picked at load time.
+ *
+ * lowrank_range: the rank-1 directions of a matrix tensor (docs/PROTOCOL-arithmetic-v2.md):
+ *
+ *   W[i][j] += scale * sum_r s_r * a_r[i] * b_r[j],   a_r, b_r in {-1,+1} from Philox streams
+ *                                                       3 (rows) and 4 (columns) under seeds[r]
+ *
+ * is the integer matrix product A diag(s) B^T, computed exactly in int32 by the "four
+ * Russians" method: records go in groups of G = 8; for a group and a tile of NT columns, a
+ * table T[p][j] = sum_k (-1)^(bit k of p) * s_k * b_k[j] holds all 256 sign patterns a row
+ * can have (built with one vector add per entry), and each row adds the entry its own pattern
+ * of a-signs selects. That is about (256 + rows) / (8 * rows) adds per element and record
+ * instead of a multiply-add, and the weights are read and written once per call. Every
+ * partial sum is bounded by sum_r |s_r| < 2**24 (model/layout.py exact_batches), so int32 is
+ * exact and the result cannot depend on the order or grouping of records.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BLOCK 128
@@ -105,6 +120,116 @@ static void accumulate_flat_range(float *restrict w, int64_t n_elements,
     }
 }
 
+#define LR_GROUP 8
+#define LR_PATTERNS (1 << LR_GROUP)
+#define LR_NT 32          /* columns per tile: a table is 256 x 32 int32 = 32 KiB, in L1 */
+#define LR_ROWS 1024      /* rows per accumulator block: 1024 x 32 int32 = 128 KiB, in L2 */
+
+/* bits[r * words + w]: the 32-bit words of stream `stream` for elements 0..n-1 of record r. */
+static void stream_bits(uint32_t *bits, int64_t words, const uint64_t *seeds, int64_t nrec,
+                        uint32_t tensor_id, uint32_t stream, int64_t first_block,
+                        int64_t n_blocks) {
+    uint32_t out[4];
+    for (int64_t r = 0; r < nrec; r++) {
+        uint32_t k0 = (uint32_t)seeds[r], k1 = (uint32_t)(seeds[r] >> 32);
+        for (int64_t b = 0; b < n_blocks; b++) {
+            philox4x32_10(k0, k1, (uint32_t)(first_block + b), tensor_id, 0u, stream, out);
+            for (int k = 0; k < 4; k++) {
+                int64_t w = 4 * b + k;
+                if (w < words) bits[r * words + w] = out[k];
+            }
+        }
+    }
+}
+
+SS_CLONES
+static void lr_tile(int32_t *restrict acc, const uint8_t *pat, int64_t nrows,
+                    int32_t *restrict table, const int32_t *restrict sb) {
+    /* sb: LR_GROUP x LR_NT values s_k * b_k[j]; table: LR_PATTERNS x LR_NT */
+    for (int j = 0; j < LR_NT; j++) {
+        int32_t t0 = 0;
+        for (int k = 0; k < LR_GROUP; k++) t0 += sb[k * LR_NT + j];
+        table[j] = t0;
+    }
+    for (int p = 1; p < LR_PATTERNS; p++) {
+        int k = __builtin_ctz((unsigned)p);
+        const int32_t *prev = table + (p & (p - 1)) * LR_NT;
+        const int32_t *s2 = sb + k * LR_NT;
+        int32_t *cur = table + p * LR_NT;
+        for (int j = 0; j < LR_NT; j++) cur[j] = prev[j] - 2 * s2[j];
+    }
+    for (int64_t i = 0; i < nrows; i++) {
+        const int32_t *t = table + (int64_t)pat[i] * LR_NT;
+        int32_t *a = acc + i * LR_NT;
+        for (int j = 0; j < LR_NT; j++) a[j] += t[j];
+    }
+}
+
+/*
+ * Rows [row_begin, row_end) of a row-major rows x cols fp32 matrix w; steps[r] is record r's
+ * grid steps for this tensor (records with 0 steps may be passed; they add nothing).
+ */
+static int lowrank_range(float *w, int64_t rows, int64_t cols, int64_t row_begin,
+                         int64_t row_end, uint32_t tensor_id, float scale,
+                         const uint64_t *seeds, const int32_t *steps, int64_t nrec) {
+    int64_t ngroups = (nrec + LR_GROUP - 1) / LR_GROUP;
+    int64_t cwords = (cols + 31) / 32, cblocks = (cols + BLOCK - 1) / BLOCK;
+    int64_t first_rb = row_begin / BLOCK, last_rb = (row_end + BLOCK - 1) / BLOCK;
+    int64_t rwords = (last_rb - first_rb) * 4;
+    uint32_t *bbits = malloc(sizeof(uint32_t) * (size_t)(nrec * cwords + 1));
+    uint32_t *abits = malloc(sizeof(uint32_t) * (size_t)(nrec * rwords + 1));
+    uint8_t *pat = malloc((size_t)(ngroups * LR_ROWS + 1));
+    int32_t *acc = malloc(sizeof(int32_t) * (size_t)(LR_ROWS * LR_NT));
+    int32_t *table = malloc(sizeof(int32_t) * LR_PATTERNS * LR_NT);
+    int32_t *sb = malloc(sizeof(int32_t) * LR_GROUP * LR_NT);
+    if (!bbits || !abits || !pat || !acc || !table || !sb) {
+        free(bbits); free(abits); free(pat); free(acc); free(table); free(sb);
+        return -1;
+    }
+    stream_bits(bbits, cwords, seeds, nrec, tensor_id, 4u, 0, cblocks);
+    stream_bits(abits, rwords, seeds, nrec, tensor_id, 3u, first_rb, last_rb - first_rb);
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += LR_ROWS) {
+        int64_t nrows = row_end - r0 < LR_ROWS ? row_end - r0 : LR_ROWS;
+        /* pat[g * LR_ROWS + i]: bit k = the a-sign bit of record 8g+k at row r0+i */
+        memset(pat, 0, (size_t)(ngroups * LR_ROWS));
+        for (int64_t r = 0; r < nrec; r++) {
+            const uint32_t *ab = abits + r * rwords;
+            uint8_t *pg = pat + (r / LR_GROUP) * LR_ROWS;
+            int sh = (int)(r % LR_GROUP);
+            for (int64_t i = 0; i < nrows; i++) {
+                int64_t e = r0 + i - first_rb * BLOCK;
+                pg[i] |= (uint8_t)(((ab[e >> 5] >> (e & 31)) & 1u) << sh);
+            }
+        }
+        for (int64_t c0 = 0; c0 < cols; c0 += LR_NT) {
+            int64_t nc = cols - c0 < LR_NT ? cols - c0 : LR_NT;
+            memset(acc, 0, sizeof(int32_t) * (size_t)(nrows * LR_NT));
+            for (int64_t g = 0; g < ngroups; g++) {
+                int any = 0;
+                for (int k = 0; k < LR_GROUP; k++) {
+                    int64_t r = g * LR_GROUP + k;
+                    int32_t s = r < nrec ? steps[r] : 0;
+                    any |= s != 0;
+                    const uint32_t *bb = bbits + (r < nrec ? r : 0) * cwords;
+                    for (int j = 0; j < LR_NT; j++) {
+                        int64_t c = c0 + j;
+                        int32_t m = c < cols ? -(int32_t)((bb[c >> 5] >> (c & 31)) & 1u) : 0;
+                        sb[k * LR_NT + j] = c < cols ? (s ^ m) - m : 0;
+                    }
+                }
+                if (any) lr_tile(acc, pat + g * LR_ROWS, nrows, table, sb);
+            }
+            for (int64_t i = 0; i < nrows; i++) {
+                float *wp = w + (r0 + i) * cols + c0;
+                const int32_t *ap = acc + i * LR_NT;
+                for (int64_t j = 0; j < nc; j++) wp[j] += (float)ap[j] * scale;
+            }
+        }
+    }
+    free(bbits); free(abits); free(pat); free(acc); free(table); free(sb);
+    return 0;
+}
+
 /* signs(out_ptr, n, tensor_id, seed, block_begin, block_end): int8 z values, for tests. */
 static void signs_range(int8_t *out, int64_t n, uint32_t tensor_id, uint64_t seed,
                         int64_t block_begin, int64_t block_end) {
@@ -148,6 +273,37 @@ static PyObject *py_accumulate_flat(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_lowrank(PyObject *self, PyObject *args) {
+    unsigned long long w_ptr;
+    long long rows, cols, row_begin, row_end, tensor_id;
+    float scale;
+    Py_buffer seeds, steps;
+    if (!PyArg_ParseTuple(args, "KLLLLLfy*y*", &w_ptr, &rows, &cols, &row_begin, &row_end,
+                          &tensor_id, &scale, &seeds, &steps))
+        return NULL;
+    int64_t nrec = seeds.len / 8;
+    if (seeds.len != nrec * 8 || steps.len != nrec * 4 || rows < 0 || cols < 0 ||
+        row_begin < 0 || row_end > rows || row_begin > row_end || tensor_id < 0 ||
+        tensor_id > 0xFFFFFFFFLL) {
+        PyBuffer_Release(&seeds);
+        PyBuffer_Release(&steps);
+        PyErr_SetString(PyExc_ValueError, "lowrank: inconsistent arguments");
+        return NULL;
+    }
+    int rc = 0;
+    if (nrec > 0 && cols > 0 && row_end > row_begin) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = lowrank_range((float *)(uintptr_t)w_ptr, rows, cols, row_begin, row_end,
+                           (uint32_t)tensor_id, scale, (const uint64_t *)seeds.buf,
+                           (const int32_t *)steps.buf, nrec);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&seeds);
+    PyBuffer_Release(&steps);
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_signs(PyObject *self, PyObject *args) {
     unsigned long long out_ptr, seed;
     long long n, tensor_id;
@@ -168,6 +324,9 @@ static PyMethodDef methods[] = {
      "accumulate_flat(w_ptr, n_elements, block_tensor_ptr, block_local_ptr, id_base, scales_ptr, "
      "n_tensors, seeds_u64le, steps_i32le_RxT, block_begin, block_end)"},
     {"signs", py_signs, METH_VARARGS, "signs(out_ptr, n, tensor_id, seed): int8 +-1 values"},
+    {"lowrank", py_lowrank, METH_VARARGS,
+     "lowrank(w_ptr, rows, cols, row_begin, row_end, tensor_id, scale, seeds_u64le, "
+     "steps_i32le): w += scale * sum_r steps[r] * a_r b_r^T over rows [row_begin, row_end)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_zokernel",

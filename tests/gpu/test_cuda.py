@@ -111,3 +111,64 @@ def test_two_cuda_replicas_step_identically() -> None:
         rb = b.step([b.seed_of("n", seq)], _batch(b, seq))
         assert ra.qs == rb.qs
     assert a.fingerprint() == b.fingerprint()
+
+
+# -- low-rank directions and K-direction steps ---------------------------------------------------
+
+LOWRANK_SHAPES = [(1, 1), (3, 5), (127, 129), (768, 768), (3072, 768), (50272, 64)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(("rows", "cols"), LOWRANK_SHAPES)
+def test_cuda_lowrank_equals_cpu_reference(backend: str, rows: int, cols: int) -> None:
+    if backend not in available_backends(CUDA):
+        pytest.skip("Triton is not installed")
+    gen = torch.Generator().manual_seed(rows * 7 + cols)
+    base = _grid_tensor(rows * cols, gen).view(rows, cols)
+    for records in (1, 16, 300):
+        seeds = [int(x) for x in torch.randint(0, 2**62, (records,), generator=gen)] + [2**64 - 1]
+        steps = [int(x) for x in torch.randint(-5000, 5000, (records + 1,), generator=gen)]
+        ref = base.clone()
+        TorchBackend().accumulate_lowrank(ref, 7, seeds, steps, 2.0**-20)
+        got = base.clone().to(CUDA)
+        make_backend(backend, CUDA).accumulate_lowrank(got, 7, seeds, steps, 2.0**-20)
+        assert torch.equal(got.cpu(), ref), (backend, rows, cols, records)
+
+
+def _tiny_k(device: str, kernel: str, direction: str) -> Engine:
+    hyper = Hyper(lr=3e-3, unit_exp=-12, estimator="fzoo", directions=4, direction=direction)
+    return Engine.build(
+        "gpu", "tiny", TaskSpec(kind="causal_lm", seq_len=32), hyper, device=device, kernel=kernel
+    )
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+@pytest.mark.parametrize("direction", ["dense", "lowrank"])
+def test_cuda_replays_cpu_fzoo_records_exactly(kernel: str, direction: str) -> None:
+    if kernel not in available_backends(CUDA):
+        pytest.skip("Triton is not installed")
+    cpu = _tiny_k("cpu", "auto", direction)
+    records = []
+    for step in range(10):
+        seeds = [cpu.seed_of("n0", 4 * step + j) for j in range(4)]
+        result = cpu.step(seeds, _batch(cpu, step))
+        records += [Record("n0", 4 * step + j, q, 1) for j, q in enumerate(result.qs)]
+    gpu = Engine.open(cpu.manifest, device="cuda", kernel=kernel)
+    shuffled = records[:]
+    random.Random(2).shuffle(shuffled)
+    gpu.apply(shuffled, batch=9)
+    assert gpu.fingerprint() == cpu.fingerprint()
+
+
+@pytest.mark.parametrize("direction", ["dense", "lowrank"])
+def test_cuda_fzoo_steps_leave_what_a_cpu_replay_reproduces(direction: str) -> None:
+    gpu = _tiny_k("cuda", "auto", direction)
+    records = []
+    for step in range(8):
+        seeds = [gpu.seed_of("g", 4 * step + j) for j in range(4)]
+        result = gpu.step(seeds, _batch(gpu, step))
+        records += [Record("g", 4 * step + j, q, 1) for j, q in enumerate(result.qs)]
+    assert any(r.q for r in records)
+    cpu = Engine.open(gpu.manifest, device="cpu", kernel="torch")
+    cpu.apply(records[::-1])
+    assert cpu.fingerprint() == gpu.fingerprint()

@@ -23,9 +23,11 @@ pytestmark = pytest.mark.asyncio
 STEPS = 20
 
 
-def _node(bus: MemoryBus, tmp_path: Path, name: str, i: int, n: int) -> Node:
+def _node(
+    bus: MemoryBus, tmp_path: Path, name: str, i: int, n: int, run: RunSettings | None = None
+) -> Node:
     settings = NodeSettings(
-        run=RunSettings(name="mem"),
+        run=run or RunSettings(name="mem"),
         local=LocalSettings(node=name, shard=f"{i}/{n}", batch_size=4, kernel="torch"),
         data_dir=str(tmp_path / name),
         http="127.0.0.1:0",
@@ -71,6 +73,20 @@ async def test_three_nodes_reach_one_fingerprint(tmp_path: Path) -> None:
         for n in nodes:
             n.request_stop()
     assert [r.result() for r in runs] == [0, 0, 0]
+
+
+async def test_fzoo_nodes_with_low_rank_directions_agree_step_by_step(tmp_path: Path) -> None:
+    """K = 4 records a step, each its own seq: --steps counts steps, the log counts records."""
+    bus = MemoryBus()
+    run = RunSettings(name="fz", estimator="fzoo", directions=4, direction="lowrank")
+    nodes = [_node(bus, tmp_path, name, i, 2, run) for i, name in enumerate(["n0", "n1"])]
+    async with asyncio.TaskGroup() as tg:
+        runs = [tg.create_task(n.run(signals=False)) for n in nodes]
+        sts = await _until_agreed(nodes, {"n0": 4 * STEPS, "n1": 4 * STEPS})
+        assert all(st.steps.taken == STEPS and st.steps.done for st in sts)
+        for n in nodes:
+            n.request_stop()
+    assert [r.result() for r in runs] == [0, 0]
 
 
 async def test_a_late_joiner_catches_up_by_gap_filling(tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from seedswarm.model.audit import Block, audit, choose_blocks, total_blocks
 
-from .helpers import random_records, tiny_engine
+from .helpers import HYPER, random_records, tiny_engine
 
 
 def test_the_audit_recomputes_every_block_of_a_replay_bit_for_bit() -> None:
@@ -57,3 +58,19 @@ def test_the_detection_rate_of_one_altered_element_is_k_over_b() -> None:
     p = k / b_total
     sd = (400 * p * (1 - p)) ** 0.5
     assert abs(hits - 400 * p) <= 4 * sd, (hits, 400 * p)
+
+
+def test_the_audit_recomputes_low_rank_matrices_bit_for_bit() -> None:
+    """With low-rank directions a matrix's z is a b^T: blocks that cross rows, and columns
+    longer than a sign block, come out exact too."""
+    lowrank = dataclasses.replace(HYPER, direction="lowrank")
+    donor, joiner = tiny_engine(hyper=lowrank), tiny_engine(hyper=lowrank)
+    assert joiner.layout.matrices, "the tiny model has matrices"
+    records = random_records(90, rng_seed=6)
+    donor.apply(records)
+    every = choose_blocks(joiner, total_blocks(joiner), random.Random(2))
+    assert audit(joiner, donor.trainable_state(), records, every).passed
+    # and a dense replay is not what a low-rank run holds
+    dense = tiny_engine()
+    dense.apply(records)
+    assert not audit(joiner, dense.trainable_state(), records, every).passed

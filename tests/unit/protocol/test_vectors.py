@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from seedswarm.model.estimators import fzoo_gradients
 from seedswarm.protocol import varint
 from seedswarm.protocol.codec import decode_frame, encode_bundle, encode_frame, sign_frame
 from seedswarm.protocol.messages import (
@@ -18,7 +19,7 @@ from seedswarm.protocol.messages import (
     encode_vv_request,
     encode_want,
 )
-from seedswarm.protocol.philox import signs, stream_word
+from seedswarm.protocol.philox import lowrank_factors, signs, stream_word
 from seedswarm.protocol.quantize import quantize_gradient
 from seedswarm.protocol.records import Frame
 from seedswarm.protocol.seeds import derive_seed
@@ -56,6 +57,26 @@ def test_seed_signs_and_quantiser_match_the_document() -> None:
     assert z == _doc_value("signs of tensor 3, elements 0..39")
     assert str(stream_word(seed, 1)) == _doc_value("quantiser word")
     assert quantize_gradient(2.5, lr=1e-3, unit_exp=-12, seed=seed) == 10
+    a, b = lowrank_factors(seed, 3, 40, 40)
+    assert "".join("+" if v > 0 else "-" for v in a) == _doc_value(
+        "low-rank a of tensor 3, rows 0..39"
+    )
+    assert "".join("+" if v > 0 else "-" for v in b) == _doc_value(
+        "low-rank b of tensor 3, columns 0..39"
+    )
+
+
+def test_fzoo_step_matches_the_document() -> None:
+    text = DOC.read_text()
+    seeds = [derive_seed(RUN_ID, "n0", seq) for seq in range(7, 11)]
+    assert ", ".join(hex(x) for x in seeds) in " ".join(text.split())
+    g = fzoo_gradients(0.6931471805599453, (0.6940, 0.6925, 0.6933, 0.6921))
+    assert "g = " + ", ".join(x.hex() for x in g) in text
+    q = [quantize_gradient(x, lr=1e-3, unit_exp=-17, seed=s) for x, s in zip(g, seeds, strict=True)]
+    assert "q = " + ", ".join(str(v) for v in q) in text
+    flat = fzoo_gradients(0.5, (0.7, 0.7, 0.7))
+    assert [quantize_gradient(x, lr=1e-3, unit_exp=-17, seed=1) for x in flat] == [0, 0, 0]
+    assert "l = (0.7, 0.7, 0.7)   → q = 0, 0, 0" in text
 
 
 KEY = NodeKey.from_hex("00" * 31 + "01")
