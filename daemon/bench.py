@@ -76,14 +76,16 @@ BENCH_OPTIONS = (
     Option(
         "trials", int, 20000, "join: secret draws that measure the detection rate", check=positive
     ),
+    Option("peers", str, "10,100,1000", "control: swarm sizes (peers one node hears)"),
     JSON,
 )
 
 
-BENCHES = ("step", "apply", "wire", "quant", "live", "join", "learn")
+BENCHES = ("step", "apply", "wire", "quant", "live", "join", "control", "learn")
 
 
 def run_bench(values: dict[str, Any]) -> int:
+    from .bench_control import bench_control
     from .bench_join import bench_join
     from .bench_live import bench_live
 
@@ -99,6 +101,7 @@ def run_bench(values: dict[str, Any]) -> int:
         "quant": bench_quant,
         "live": bench_live,
         "join": bench_join,
+        "control": bench_control,
     }
     result = runs[which](values)
     result = {"bench": which, "host": _host(), **result}
@@ -677,6 +680,11 @@ def _print(result: dict[str, Any]) -> None:
         f"host: {host['cpus']} cpus, torch {host['torch']} ({host['torch_threads']} threads)"
         + (f", {host['gpu']}" if "gpu" in host else "")
     )
+    if which == "control":
+        from .bench_control import print_control
+
+        print(print_control(result))
+        return
     if which == "join":
         from .bench_join import print_join
 

@@ -56,3 +56,40 @@ def _wait_listening(
                     f"mosquitto did not listen on port {port} within {patience:.0f} s"
                 ) from None
             time.sleep(0.05)
+
+
+def bridge_config(
+    name: str, root: str, *, topic_prefix: str = "seedswarm", keepalive: int = 60
+) -> list[str]:
+    """The lines of a regional Mosquitto's config that bridge it to the root broker ``root``
+    (``host:port``), carrying every run under ``topic_prefix`` both ways (README, "Operations:
+    more than one broker"). Append them after the regional's own settings: ``connection``
+    opens the bridge's section.
+
+    Why each line:
+    * ``remote_clientid``: the bridge's client id at the root. It must differ per regional:
+      two bridges with one id would take the root's session from each other in turn.
+    * ``bridge_protocol_version mqttv50``: the bridge subscribes at the root with No Local (the
+      root sends nothing back that came from this regional: no loop) and Retain As Published
+      (retained presence stays retained on the far side, so a node that connects anywhere
+      gets every node's last presence). Both are MQTT 5 subscription options, so any MQTT 5
+      root does this, not only Mosquitto.
+    * ``try_private false``: Mosquitto's private "bridge bit", which does the same for MQTT
+      3.1.1, is not needed with MQTT 5 and not understood by every root.
+    * ``cleansession true``: the root keeps no queue for a regional that is gone; what its nodes
+      miss meanwhile they fetch from their peers (gap filling), since the broker is not the log.
+    * ``restart_timeout 1 10``: retry the root soon after it comes back (backoff from 1 s to
+      10 s instead of Mosquitto's 5 s to 30 s).
+    * ``topic <prefix>/# both 1``: records, presence, sync and manifests of every run, at QoS 1.
+    """
+    return [
+        f"connection {name}",
+        f"address {root}",
+        f"remote_clientid {name}",
+        "bridge_protocol_version mqttv50",
+        "try_private false",
+        "cleansession true",
+        f"keepalive_interval {keepalive}",
+        "restart_timeout 1 10",
+        f"topic {topic_prefix}/# both 1",
+    ]

@@ -111,13 +111,21 @@ class Broker:
     """A real broker process on a free port: Mosquitto, or the embedded amqtt as a process."""
 
     def __init__(
-        self, kind: str, workdir: Path, *, persistence: bool = False, extra: list[str] | None = None
+        self,
+        kind: str,
+        workdir: Path,
+        *,
+        persistence: bool = False,
+        extra: list[str] | None = None,
+        bridge: list[str] | None = None,
     ) -> None:
         self.kind = kind
         self.workdir = workdir
         self.port = free_port()
         self.persistence = persistence
         self.extra = extra or []  # more Mosquitto listener settings (TLS, passwords)
+        # a bridge section (daemon/mosquitto.bridge_config), last in the config: it ends there
+        self.bridge = bridge or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -137,6 +145,7 @@ class Broker:
                 f"persistence {'true' if self.persistence else 'false'}",
                 f"persistence_location {self.workdir}/",
                 "sys_interval 1",
+                *self.bridge,
             ]
             conf.write_text("\n".join(lines) + "\n")
             cmd = [MOSQUITTO, "-c", str(conf)]
