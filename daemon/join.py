@@ -102,11 +102,7 @@ def _describe(snap: SnapshotInfo, sha: str) -> dict[str, Any]:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return str(_hash_of(path).hexdigest())
 
 
 # == joining ========================================================================================
@@ -189,20 +185,34 @@ async def download(
             raise SnapshotRefused(f"{offer.donor} answered {resp.status} for its snapshot")
         if resp.headers.get("X-Content-SHA256") != info["sha256"]:
             raise SnapshotRefused(f"{offer.donor} sent another file than it described")
-        mode = "ab" if resp.status == 206 else "wb"
-        if resp.status == 200:
-            progress.bytes = 0
-        with part.open(mode) as fh:
+        resumed = resp.status == 206
+        # the hash runs as the bytes come (a resumed file's first part is read once, here)
+        h = await asyncio.to_thread(_hash_of, part) if resumed else hashlib.sha256()
+        progress.bytes = have if resumed else 0
+        with part.open("ab" if resumed else "wb") as fh:
             async for chunk in resp.content.iter_chunked(CHUNK):
-                await asyncio.to_thread(fh.write, chunk)
+                await asyncio.to_thread(_write, fh, h, chunk)
                 progress.bytes += len(chunk)
             await asyncio.to_thread(os.fsync, fh.fileno())
-    if await asyncio.to_thread(file_sha256, part) != info["sha256"]:
+    if h.hexdigest() != info["sha256"]:
         part.unlink(missing_ok=True)
         raise SnapshotRefused(f"the snapshot of {offer.donor} does not hash to what it said")
     done = part.with_suffix(".safetensors")
     part.replace(done)
     return done, info
+
+
+def _hash_of(path: Path) -> Any:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return h
+
+
+def _write(fh: Any, h: Any, chunk: bytes) -> None:
+    fh.write(chunk)
+    h.update(chunk)
 
 
 def _part(into: Path, fingerprint: str) -> tuple[Path, int]:

@@ -98,7 +98,7 @@ def hash_tensors(
         raw = name.encode()
         h.update(struct.pack("<H", len(raw)) + raw)
         h.update(struct.pack(f"<B{t.dim()}Q", t.dim(), *t.shape))
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().data)  # no copy
     return h.hexdigest()
 
 
@@ -335,18 +335,30 @@ class Engine:
         """CPU copies of the trainable tensors (for snapshots)."""
         return {n: p.detach().to("cpu", copy=True) for n, p in self.trainable}
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+    def check_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Raise ``ModelError`` unless ``state`` has exactly the run's trainable tensors."""
         names = [n for n, _ in self.trainable]
         if sorted(state) != sorted(names):
             raise ModelError("snapshot tensors do not match the run's trainable parameters")
+        for n, p in self.trainable:
+            src = state[n]
+            if src.shape != p.shape or src.dtype != torch.float32:
+                raise ModelError(
+                    f"snapshot tensor {n} has shape {tuple(src.shape)} {src.dtype}, want "
+                    f"{tuple(p.shape)} float32"
+                )
+
+    def fingerprint_of(self, state: dict[str, torch.Tensor]) -> str:
+        """The fingerprint the weights would have if they were ``state`` (checked first)."""
+        self.check_trainable_state(state)
+        named = [(n, state[n]) for n, _ in self.trainable]
+        return hash_tensors(WEIGHTS_DOMAIN, named, bytes.fromhex(self.manifest.base_hash))
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.check_trainable_state(state)  # before anything changes
         with torch.no_grad():
             for n, p in self.trainable:
-                src = state[n]
-                if src.shape != p.shape or src.dtype != torch.float32:
-                    raise ModelError(
-                        f"snapshot tensor {n} has shape {tuple(src.shape)}, want {tuple(p.shape)}"
-                    )
-                p.copy_(src)
+                p.copy_(state[n])
 
     # -- evaluation and export ---------------------------------------------------------------
 

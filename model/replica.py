@@ -160,18 +160,16 @@ class Replica:
     def load(self, state: dict[str, torch.Tensor], vv: Mapping[str, int], fingerprint: str) -> bool:
         """Take a snapshot's weights as the state at ``vv``, if they hash to ``fingerprint``.
 
-        Returns False (and changes nothing) when they do not or do not fit the run.
+        Returns False (and changes nothing) when they do not or do not fit the run. The hash
+        is taken of ``state`` before it is loaded, so a refused snapshot costs no copy.
         """
         e = self.engine
-        before = e.trainable_state()
         try:
-            e.load_trainable_state(state)
+            if e.fingerprint_of(state) != fingerprint:
+                return False
         except ModelError:
-            e.load_trainable_state(before)
             return False
-        if e.fingerprint() != fingerprint:
-            e.load_trainable_state(before)
-            return False
+        e.load_trainable_state(state)
         self._vv = {n: s for n, s in vv.items() if s > 0}
         return True
 
