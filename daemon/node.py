@@ -218,6 +218,7 @@ class Node:
                 will=self.session.will(),
                 aliases=(topics.records(self.me), topics.presence(self.me)),
                 on_drop=self._answer_dropped,
+                on_overflow=lambda topic: self._overloaded(topic, "incoming queue full"),
             )
         )
         self.http = StatusServer(self, routes=snapshot_routes(self))
@@ -290,9 +291,13 @@ class Node:
         try:
             self._inbox.put_nowait((topic, payload))
         except asyncio.QueueFull:
-            route = _route(self.session, topic)
-            # gap filling recovers what is dropped here
-            self.session.drop("overload", route.sender if route else "invalid", "inbox full")
+            self._overloaded(topic, "inbox full")
+
+    def _overloaded(self, topic: str, detail: str) -> None:
+        """A message not read for want of room, counted under its sender (gap filling recovers
+        a frame dropped here)."""
+        route = _route(self.session, topic)
+        self.session.drop("overload", route.sender if route else "invalid", detail)
 
     async def _ingest(self) -> None:
         """Feed the session; store what it accepted or retracted, in order; route the rest."""

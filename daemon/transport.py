@@ -57,6 +57,7 @@ log = logging.getLogger("seedswarm.transport")
 OnMessage = Callable[[str, bytes], None]
 PEER_LANE = ("answer", "vv")  # what a node sends because a peer asked: the second lane
 MAX_PEER_LANE = 2048  # messages; beyond this answers are dropped (the asker asks again)
+INCOMING_QUEUE = 4096  # messages read from the socket, not yet taken by the node (see _Client)
 SESSION_EXPIRY_S = 3600  # how long the broker keeps a node's session while it is away
 V5_CONNACK_WAIT_S = 3.0  # `auto`: how long a first MQTT 5 attempt waits for the broker
 
@@ -89,6 +90,7 @@ class TransportSpec:
     will: Outgoing
     aliases: tuple[str, ...] = ()  # own topics worth a topic alias (MQTT 5)
     on_drop: Callable[[Outgoing], None] | None = None  # an answer that did not fit
+    on_overflow: Callable[[str], None] | None = None  # (the topic of) a message not read
 
 
 class Transport(Protocol):
@@ -142,9 +144,24 @@ class Backoff:
 
 class _Client(aiomqtt.Client):
     """aiomqtt's client, keeping the CONNACK's properties (aiomqtt drops them), from which
-    the broker's topic alias maximum is read."""
+    the broker's topic alias maximum is read, and bounding its queue of incoming messages.
+
+    paho reads every packet the socket holds before the reader gets a turn, so a flood (30,000
+    wants in a second) would sit in aiomqtt's queue as 30,000 message objects (~4 kB each with
+    their MQTT 5 properties: 128 MB). The queue holds ``INCOMING_QUEUE``; what does not fit is
+    handed to ``on_overflow`` (its topic, for the node to count under the sender) instead of
+    aiomqtt's one warning per discarded message. Gap filling recovers a dropped frame.
+    """
 
     connack: Properties | None = None
+    on_overflow: Callable[[str], None] | None = None
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if self._queue.full():
+            if self.on_overflow is not None:
+                self.on_overflow(str(message.topic))
+            return
+        super()._on_message(client, userdata, message)
 
     def _on_connect(
         self,
@@ -300,12 +317,13 @@ class MqttTransport:
             "keepalive": self.keepalive,
             "tls_params": tls,
             "max_inflight_messages": 64,
+            "max_queued_incoming_messages": INCOMING_QUEUE,
         }
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_S
             first_try = self.version == "auto" and not self.protocol
-            return _Client(
+            client = _Client(
                 self.address.host,
                 self.address.port,
                 protocol=aiomqtt.ProtocolVersion.V5,
@@ -314,7 +332,9 @@ class MqttTransport:
                 timeout=V5_CONNACK_WAIT_S if first_try else 10,
                 **common,
             )
-        return _Client(
+            client.on_overflow = self.spec.on_overflow
+            return client
+        client = _Client(
             self.address.host,
             self.address.port,
             protocol=aiomqtt.ProtocolVersion.V311,
@@ -322,6 +342,8 @@ class MqttTransport:
             timeout=10,
             **common,
         )
+        client.on_overflow = self.spec.on_overflow
+        return client
 
     def _subscriptions(self, subs: list[Subscription]) -> list[tuple[str, Any]]:
         if self._v5:
