@@ -105,7 +105,7 @@ class EvalStatus:
     loss: float
     accuracy: float | None
     examples: int
-    points: int  # evaluations so far (all of them at /evals)
+    points: int  # evaluations so far (all of them at /history)
 
 
 @dataclass(frozen=True, slots=True)

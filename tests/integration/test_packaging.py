@@ -43,6 +43,9 @@ def test_the_wheel_holds_only_the_seedswarm_namespace(tmp_path: Path) -> None:
         "seedswarm/protocol/codec.py",
         "seedswarm/model/engine.py",
         "seedswarm/daemon/cli.py",
+        "seedswarm/daemon/relay.py",
+        "seedswarm/daemon/dashboard/index.html",
+        "seedswarm/daemon/dashboard/uPlot.iife.min.js",
     ):
         assert needed in names
     assert any(n.startswith("seedswarm/model/_zokernel") and n.endswith(".so") for n in names)
