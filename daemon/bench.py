@@ -77,17 +77,29 @@ BENCH_OPTIONS = (
         "trials", int, 20000, "join: secret draws that measure the detection rate", check=positive
     ),
     Option("peers", str, "10,100,1000", "control: swarm sizes (peers one node hears)"),
+    Option("nodes", str, "10,100,300,1000", "load: swarm sizes (nodes on one broker)"),
+    Option(
+        "relay", str, "both", "load: with a relay, without, or both", choices=("both", "on", "off")
+    ),
+    Option("seconds", float, 30.0, "load: the measured window", check=positive),
+    Option("warmup", float, 10.0, "load: seconds of records before the window"),
+    Option("frame_rate", float, 1.0, "load: frames per second per node", check=positive),
+    Option("drain", float, 60.0, "load: seconds gap filling gets after the last record"),
+    Option("real", int, 0, "load: real seedswarm node processes (tiny model) among the nodes"),
+    Option("full", int, 16, "load: simulated nodes that check every record (0: all)"),
+    Option("workers", int, 0, "load: simulated nodes' processes (0: by the swarm size)"),
     JSON,
 )
 
 
-BENCHES = ("step", "apply", "wire", "quant", "live", "join", "control", "learn")
+BENCHES = ("step", "apply", "wire", "quant", "live", "join", "control", "load", "learn")
 
 
 def run_bench(values: dict[str, Any]) -> int:
     from .bench_control import bench_control
     from .bench_join import bench_join
     from .bench_live import bench_live
+    from .bench_load import bench_load
 
     which = values["which"]
     if which == "learn":  # bench_learn.py: learning to a target, arm by arm
@@ -102,6 +114,7 @@ def run_bench(values: dict[str, Any]) -> int:
         "live": bench_live,
         "join": bench_join,
         "control": bench_control,
+        "load": bench_load,
     }
     result = runs[which](values)
     result = {"bench": which, "host": _host(), **result}
@@ -680,6 +693,11 @@ def _print(result: dict[str, Any]) -> None:
         f"host: {host['cpus']} cpus, torch {host['torch']} ({host['torch_threads']} threads)"
         + (f", {host['gpu']}" if "gpu" in host else "")
     )
+    if which == "load":
+        from .bench_load import print_load
+
+        print(print_load(result))
+        return
     if which == "control":
         from .bench_control import print_control
 

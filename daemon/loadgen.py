@@ -7,8 +7,22 @@ from memory. Many of them share one process and one event loop, so a machine can
 hundreds of hosts; each is a real MQTT client of a real broker, and real ``seedswarm node``
 processes can join the same run.
 
+A simulated node listens as a real one does (daemon/node.py): what it subscribes to follows
+``Session.subscriptions(now)``, so while a relay is up it listens to the relay's bundles
+instead of to every node's records and presence, and to every node again once none is up.
+
+A *light* node (``SimSettings.full`` False) publishes and subscribes exactly as a full one, so
+the broker does the same work for it, but it reads only what decides what it listens to: the
+presence messages it gets and, of a relay's bundle, only that it came. It holds no peer's
+records and asks for none; it answers wants for its own. The reason: every node checks every
+record, N² per frame interval in all, which N hosts share in a real swarm but one machine
+cannot (about 13 µs a record in the session: 1,000 nodes at one frame per second would need
+13 cores). So a bench of N nodes on one machine runs a few full nodes, which measure the lag
+and the loss, among light ones that load the broker.
+
 ``Clock`` gives every frame's publication time to the receivers in the same process, which is
-how the end-to-end lag (publish to receipt) is measured.
+how the end-to-end lag (publish to receipt) is measured; with ``Receipts`` it keeps every
+receipt instead, for lags across processes (CLOCK_MONOTONIC is one clock for the machine).
 """
 
 from __future__ import annotations
@@ -17,9 +31,12 @@ import asyncio
 import contextlib
 import random
 import time
+from array import array
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from seedswarm.protocol.codec import encode_bundle
 from seedswarm.protocol.manifest import Manifest
 from seedswarm.protocol.records import Frame
 from seedswarm.protocol.session import (
@@ -31,9 +48,25 @@ from seedswarm.protocol.session import (
     WantReceived,
 )
 from seedswarm.protocol.signing import NodeKey
+from seedswarm.protocol.topics import BUNDLES, RECORDS, Subscription
 
 from .settings import BrokerAddress
 from .transport import MqttTransport, TransportSpec
+
+
+@dataclass(slots=True)
+class Receipts:
+    """Every frame a process's nodes took: its author, first seq and when (monotonic)."""
+
+    names: dict[str, int] = field(default_factory=dict)
+    node: array[int] = field(default_factory=lambda: array("l"))
+    seq: array[int] = field(default_factory=lambda: array("q"))
+    at: array[float] = field(default_factory=lambda: array("d"))
+
+    def add(self, node: str, seq: int, at: float) -> None:
+        self.node.append(self.names.setdefault(node, len(self.names)))
+        self.seq.append(seq)
+        self.at.append(at)
 
 
 @dataclass(slots=True)
@@ -43,14 +76,19 @@ class Clock:
     published: dict[tuple[str, int], float] = field(default_factory=dict)
     lags: list[float] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a record made or received
+    receipts: Receipts | None = None  # keep every receipt (then no ``lags``)
 
     def sent(self, frame: Frame) -> None:
         self.published[(frame.node, frame.first_seq)] = time.monotonic()
 
     def got(self, frame: Frame) -> None:
-        at = self.published.get((frame.node, frame.first_seq))
-        if at is not None:
-            self.lags.append(time.monotonic() - at)
+        now = time.monotonic()
+        if self.receipts is not None:
+            self.receipts.add(frame.node, frame.first_seq, now)
+        else:
+            at = self.published.get((frame.node, frame.first_seq))
+            if at is not None:
+                self.lags.append(now - at)
         self.changed.set()
 
 
@@ -60,8 +98,8 @@ class SimSettings:
     max_latency: float  # seconds an own record may wait before its frame goes out
     presence_interval: float = 60.0
     frame_records: int = 1024
-    records: bool = True  # subscribe to records/+ (False: to relays' bundles only)
-    bundles: bool = False
+    use_relays: bool = True  # listen to a relay's bundles while one is up, as nodes do
+    full: bool = True  # False: a light node (the module docstring)
     mqtt_version: str = "5"
 
 
@@ -85,17 +123,23 @@ class SimNode:
             name,
             key=key,
             config=SessionConfig(
-                frame_records=settings.frame_records, peer_timeout=3 * settings.presence_interval
+                frame_records=settings.frame_records,
+                peer_timeout=3 * settings.presence_interval,
+                use_relays=settings.use_relays,
             ),
         )
         topics = self.session.topics
+        self._records_topics = f"{topics.base}/{RECORDS}/"
+        self._bundles_topics = f"{topics.base}/{BUNDLES}/"
+        # a light node's stand-in for a relay's bundle: one entry, its own will (which its
+        # session ignores), so the session learns that the relay spoke and nothing else
+        self._beat = encode_bundle([(name, self.session.will().payload)])
+        self.listening: list[Subscription] = self.session.subscriptions(time.monotonic())
         self.transport = MqttTransport(
             address,
             TransportSpec(
                 client_id=f"seedswarm-{manifest.name}-{name}",
-                subscriptions=topics.subscriptions(
-                    name, records=settings.records, bundles=settings.bundles
-                ),
+                subscriptions=self.listening,
                 on_message=self._on_message,
                 will=self.session.will(),
                 aliases=(topics.records(name), topics.presence(name)),
@@ -104,26 +148,37 @@ class SimNode:
             keepalive=int(min(60.0, max(5.0, settings.presence_interval))),
         )
         self._rng = random.Random(seed)
-        self._store: dict[tuple[str, int, int], bytes] = {}
+        # frames held, by author and first seq: (records, body as received)
+        self._frames: defaultdict[str, dict[int, tuple[int, bytes]]] = defaultdict(dict)
         self._unsealed: list[int] = []
         self._oldest = 0.0
+        self._origin: float | None = None  # when the rate's schedule starts (None: at once)
+        self._go = asyncio.Event()
         self.produced = 0
         self.delivered = 0  # peers' records accepted
+        self.via_relay = False  # listening to a relay's bundles (as of the last sync tick)
+        self.switches = 0  # changes of subscriptions
         self._stop = asyncio.Event()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if not self.s.full:
+            if topic.startswith(self._records_topics):
+                return  # counted by the transport, not read
+            if topic.startswith(self._bundles_topics):
+                payload = self._beat
         for event in self.session.receive(topic, payload, time.monotonic()):
             if isinstance(event, FrameAccepted):
                 f = event.frame
-                self._store[(f.node, f.first_seq, f.count)] = event.body
+                self._frames[f.node][f.first_seq] = (f.count, event.body)
                 self.delivered += event.new_records
                 self.clock.got(f)
             elif isinstance(event, WantReceived):
                 w = event.want
+                held = self._frames.get(w.node, {})
                 bodies = [
-                    b
-                    for (n, first, count), b in sorted(self._store.items())
-                    if n == w.node and first < w.first + w.count and first + count > w.first
+                    body
+                    for first, (count, body) in sorted(held.items())
+                    if first < w.first + w.count and first + count > w.first
                 ]
                 self._publish(self.session.answer(w, bodies))
             elif isinstance(event, VvRequested):
@@ -133,14 +188,32 @@ class SimNode:
         for m in messages:
             self.transport.publish(m)
 
+    def begin(self, origin: float) -> None:
+        """Start writing records (``run(hold=True)``), on a schedule from ``origin``
+        (monotonic seconds): record i is due at ``origin + (i + 1) / rate``."""
+        self._origin = origin
+        self._go.set()
+
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self, *, steps: int) -> None:
-        """Write ``steps`` records at the rate, then keep listening until ``stop()``."""
+    async def run(self, *, steps: int, hold: bool = False) -> None:
+        """Write ``steps`` records at the rate (once connected; with ``hold``, from
+        ``begin()``), then keep listening until ``stop()``."""
+        if not hold:
+            self._go.set()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.transport.run(), name=f"{self.name}-transport")
-            await self.transport.connected.wait()
+            waits = [
+                tg.create_task(self.transport.connected.wait(), name=f"{self.name}-connect"),
+                tg.create_task(self._stop.wait(), name=f"{self.name}-stop"),
+            ]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if not self.transport.connected.is_set():
+                self.transport.close()  # stopped before it ever connected
+                return
             self._publish([self._presence()])
             jobs = [
                 tg.create_task(self._steps(steps), name=f"{self.name}-steps"),
@@ -159,7 +232,8 @@ class SimNode:
         return self.session.presence(steps=self.produced, loss=None, alive=alive)
 
     async def _steps(self, steps: int) -> None:
-        start = time.monotonic()
+        await self._go.wait()
+        start = time.monotonic() if self._origin is None else self._origin
         for i in range(steps):
             # on the rate's schedule, so a late wake-up does not slow the rate down
             await asyncio.sleep(max(0.0, start + (i + 1) / self.s.rate - time.monotonic()))
@@ -181,7 +255,7 @@ class SimNode:
         qs, self._unsealed = self._unsealed, []
         sealed = self.session.seal(qs)
         for x in sealed:
-            self._store[(x.frame.node, x.frame.first_seq, x.frame.count)] = x.body
+            self._frames[x.frame.node][x.frame.first_seq] = (x.frame.count, x.body)
         self.session.stored(sealed)
         for x in sealed:
             self.clock.sent(x.frame)
@@ -193,11 +267,19 @@ class SimNode:
             self._publish([self._presence()])
 
     async def _sync(self) -> None:
+        """As a node's sync loop: gap filling (full nodes), and what to listen to."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            self.session.tick(now)
-            self._publish(self.session.wants(now))
+            if self.s.full:
+                self.session.tick(now)
+                if self.transport.connected.is_set():
+                    self._publish(self.session.wants(now))
+            self.via_relay = bool(self.session.relays(now))
+            if (subs := self.session.subscriptions(now)) != self.listening:
+                self.listening = subs
+                self.transport.set_subscriptions(subs)
+                self.switches += 1
             if self._unsealed and now - self._oldest >= self.s.max_latency:
                 self._flush()
 

@@ -8,14 +8,16 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import ConfigError
 
 
 @contextlib.contextmanager
-def mosquitto(port: int) -> Iterator[None]:
+def mosquitto(port: int, extra: Sequence[str] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    """Mosquitto's defaults but persistence (off) and ``sys_interval`` (its counters every
+    second), plus the config lines ``extra``; yields the process (bench load reads its CPU)."""
     exe = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
@@ -25,16 +27,21 @@ def mosquitto(port: int) -> Iterator[None]:
         conf = Path(tmp) / "m.conf"
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nsys_interval 1\n"
+            + "".join(f"{line}\n" for line in extra)
         )
         err_path = Path(tmp) / "m.err"
         with err_path.open("wb") as err:  # a file, not a pipe: a full pipe would block it
             proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
         try:
             _wait_listening(proc, port, err_path)
-            yield
+            yield proc
         finally:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _wait_listening(

@@ -110,3 +110,30 @@ def test_bench_wire_says_so_when_mosquitto_cannot_start() -> None:
         refused = pytest.raises(ConfigError, match=f"mosquitto on port {port} stopped at start: ")
         with refused, mosquitto(port):
             pytest.fail("mosquitto cannot listen on a port that is taken")
+
+
+@pytest.mark.broker
+def test_bench_load_counts_the_deliveries_a_relay_saves() -> None:
+    """Six nodes on a fresh Mosquitto, one of them a real ``seedswarm node``: without a relay the
+    broker delivers each frame to the N − 1 others; with one, every node gets one bundle per
+    relay interval instead. Nothing is lost either way, and the real node agrees."""
+    out = cli_json(
+        "bench", "load", "--nodes", "6", "--real", "1", "--full", "0",
+        "--seconds", "4", "--warmup", "2", "--drain", "30",
+    )  # fmt: skip
+    rows = {r["relay"]: r for r in out["rows"]}
+    assert set(rows) == {False, True}
+    for r in rows.values():
+        assert r["nodes"] == 6 and r["real"] == 1 and r["connected"] == 5, r
+        assert r["lost"] == 0 and r["real_agree"] is True, r
+        assert r["records"] > 0 and r["lag_samples"] > 0, r
+        assert r["bytes_in_per_record"] > 1.0, r  # a record is at least its byte
+    off, on = rows[False], rows[True]
+    assert on["via_relay"] == 5
+    assert on["relay_stats"]["frames_forwarded"] > 0
+    # N − 1 = 5 copies of each frame (plus the bench's own $SYS monitor) against ~3 with a relay
+    assert 4.5 <= off["deliveries_per_node_frame"] < 7, off
+    assert on["deliveries_per_node_frame"] < off["deliveries_per_node_frame"] - 1, (on, off)
+    bad = cli("bench", "load", "--nodes", "1")
+    assert bad.returncode == 2
+    assert "--nodes: a comma-separated list of swarm sizes of 2 or more" in bad.stderr
