@@ -7,6 +7,7 @@ Nothing here is a fake: brokers are real Mosquitto / amqtt processes, nodes are 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -68,6 +69,14 @@ def cli_json(*args: str, timeout: float = 600) -> dict[str, Any]:
     proc = cli(*args, "--json", timeout=timeout, check=True)
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
+
+
+def cli_json_all(*commands: tuple[str, ...], timeout: float = 600) -> list[dict[str, Any]]:
+    """``cli_json`` of several independent commands at once (each its own process, as users
+    on two terminals would run them): most of a short command is importing torch, which a
+    second core does alongside."""
+    with concurrent.futures.ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: cli_json(*args, timeout=timeout), commands))
 
 
 def wait_until(

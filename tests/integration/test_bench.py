@@ -58,7 +58,7 @@ def test_bench_apply_reports_records_per_second_against_both_references() -> Non
 @pytest.mark.broker
 @pytest.mark.parametrize("broker", ["amqtt", "mosquitto"])
 def test_bench_wire_bytes_per_record_fall_with_the_frame_size(broker: str) -> None:
-    out = cli_json("bench", "wire", "--broker", broker, "--frames", "1,16,256")
+    out = cli_json("bench", "wire", "--broker", broker, "--frames", "16,256")
     assert out["broker"] == broker
     if broker == "mosquitto":  # the broker's own byte count agrees with the relay's
         for r in out["frames"]:
@@ -66,9 +66,9 @@ def test_bench_wire_bytes_per_record_fall_with_the_frame_size(broker: str) -> No
             assert wire <= sys_count < wire * 1.05, r
     for signed in (False, True):
         rows = [r for r in out["frames"] if r["signed"] is signed]
-        assert [r["records_per_frame"] for r in rows] == [1, 16, 256]
+        assert [r["records_per_frame"] for r in rows] == [16, 256]
         wire = [r["wire_bytes_per_record"] for r in rows]
-        assert wire[0] > wire[1] > wire[2] > 1.0  # one byte per record plus a header share
+        assert wire[0] > wire[1] > 1.0  # one byte per record plus a header share
         for r in rows:  # MQTT framing adds to the payload, never takes away
             assert r["wire_bytes_per_record"] > r["payload_bytes_per_record"]
     open_256 = next(r for r in out["frames"] if r["records_per_frame"] == 256 and not r["signed"])
@@ -124,9 +124,9 @@ def test_bench_load_counts_the_deliveries_a_relay_saves() -> None:
     rows = {r["relay"]: r for r in out["rows"]}
     assert set(rows) == {False, True}
     for r in rows.values():
-        assert r["nodes"] == 6 and r["real"] == 1 and r["connected"] == 5, r
-        assert r["lost"] == 0 and r["real_agree"] is True, r
-        assert r["records"] > 0 and r["lag_samples"] > 0, r
+        assert (r["nodes"], r["real"], r["connected"]) == (6, 1, 5), r
+        assert (r["lost"], r["real_agree"]) == (0, True), r
+        assert min(r["records"], r["lag_samples"]) > 0, r
         assert r["bytes_in_per_record"] > 1.0, r  # a record is at least its byte
     off, on = rows[False], rows[True]
     assert on["via_relay"] == 5
