@@ -39,60 +39,6 @@ from .bench_learn import bench_learn, print_learn
 from .console import emit_json, table
 from .errors import ConfigError
 from .mosquitto import mosquitto
-from .options import DEVICE, JSON, KERNEL, Option, positive
-
-BENCH_OPTIONS = (
-    Option("model", str, "opt-125m-config", "model: opt-125m-config, tiny, minilm, a directory"),
-    DEVICE,
-    KERNEL,
-    Option("batch_size", int, 8, "step: sequences per batch", check=positive),
-    Option("seq_len", int, 64, "step: tokens per sequence", check=positive),
-    Option("repeats", int, 5, "timed repetitions (the median is reported)", check=positive),
-    Option("batches", str, "1,16,256", "apply: record batch sizes"),
-    Option("frames", str, "1,4,16,64,256,1024", "wire: records per frame"),
-    Option("broker", str, "auto", "wire: mosquitto, amqtt, or auto (mosquitto if installed)"),
-    Option("data", str, "builtin:patterns", "quant: training data"),
-    Option("eval", str, "", "quant: held-out data (default: a slice of the training data)"),
-    Option("steps", int, 300, "quant: ZO steps per arm", check=positive),
-    Option("eval_every", int, 50, "quant: evaluate every N steps", check=positive),
-    Option("lr", float, 0.0, "quant: learning rate (0: the model's default)"),
-    Option("unit_exp", int, 0, "quant: update unit exponent (0: the model's default)"),
-    Option(
-        "rows",
-        str,
-        "all",
-        "live: all, or NODESxRATE items (3x40,100x2; RATE 0: unthrottled; more than 3 nodes: "
-        "simulated)",
-    ),
-    Option(
-        "scale", float, 1.0, "live: scale every row's steps (0.1 for a quick look)", check=positive
-    ),
-    Option("signed", bool, False, "live: also each row in a signed run"),
-    Option("records", int, 20000, "join: records in the run a newcomer joins", check=positive),
-    Option("tail", int, 200, "join: records the donor applied after its snapshot"),
-    Option(
-        "audit_blocks", int, 256, "join: blocks of 128 weights the joiner audits", check=positive
-    ),
-    Option(
-        "trials", int, 20000, "join: secret draws that measure the detection rate", check=positive
-    ),
-    Option("peers", str, "10,100,1000", "control: swarm sizes (peers one node hears)"),
-    Option("nodes", str, "10,100,300,1000", "load: swarm sizes (nodes on one broker)"),
-    Option(
-        "relay", str, "both", "load: with a relay, without, or both", choices=("both", "on", "off")
-    ),
-    Option("seconds", float, 30.0, "load: the measured window", check=positive),
-    Option("warmup", float, 10.0, "load: seconds of records before the window"),
-    Option("frame_rate", float, 1.0, "load: frames per second per node", check=positive),
-    Option("drain", float, 60.0, "load: seconds gap filling gets after the last record"),
-    Option("real", int, 0, "load: real seedswarm node processes (tiny model) among the nodes"),
-    Option("full", int, 16, "load: simulated nodes that check every record (0: all)"),
-    Option("workers", int, 0, "load: simulated nodes' processes (0: by the swarm size)"),
-    JSON,
-)
-
-
-BENCHES = ("step", "apply", "wire", "quant", "live", "join", "control", "load", "learn")
 
 
 def run_bench(values: dict[str, Any]) -> int:

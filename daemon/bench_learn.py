@@ -39,51 +39,6 @@ import torch
 
 from .console import say, table
 from .errors import ConfigError
-from .options import Option, non_negative, positive
-
-DEFAULT_ARMS = "spsa,fzoo4,fzoo8,fzoo16,fzoo8-lowrank,fzoo8-2t,adamw,fzoo8-2n"
-
-LEARN_OPTIONS = (
-    Option("arms", str, DEFAULT_ARMS, "learn: comma-separated arms (see bench_learn.py)"),
-    Option("budget_s", float, 600.0, "learn: training seconds per arm", check=positive),
-    Option(
-        "budget_forwards",
-        int,
-        0,
-        "learn: also stop after N forward passes (0: no limit)",
-        check=non_negative,
-    ),
-    Option("target", float, 0.80, "learn: target accuracy (or loss, for a causal LM)"),
-    Option("eval_every_s", float, 30.0, "learn: evaluate every N training seconds", check=positive),
-    Option(
-        "eval_limit", int, 0, "learn: first N held-out examples only (0: all)", check=non_negative
-    ),
-    Option("learn_batch", int, 16, "learn: examples per forward pass", check=positive),
-    Option(
-        "spsa_lr",
-        float,
-        0.0,
-        "learn: SPSA learning rate (0: the model's default)",
-        check=non_negative,
-    ),
-    Option("spsa_unit_exp", int, 0, "learn: SPSA update unit exponent (0: the model's default)"),
-    Option(
-        "fzoo_lr",
-        float,
-        0.0,
-        "learn: FZOO step per weight (0: the model's default)",
-        check=non_negative,
-    ),
-    Option("fzoo_unit_exp", int, 0, "learn: FZOO update unit exponent (0: the model's default)"),
-    Option("epsilon", float, 1e-3, "learn: perturbation size", check=positive),
-    Option("trainable", str, "default", "learn: trainable regex for ZO arms ('default': preset)"),
-    Option("fo_lr", float, 2e-5, "learn: AdamW learning rate", check=positive),
-    Option("amp", bool, False, "learn: bf16 autocast forward passes (weights stay fp32)"),
-    Option("stop_at_target", bool, False, "learn: end an arm once it reaches the target"),
-    Option("plot", str, "bench-learn.png", "learn: where to write the PNG plot ('' for none)"),
-    Option("apply_model", str, "", "learn: also time dense vs low-rank apply on this model"),
-    Option("apply_records", int, 256, "learn: records per batch for that", check=positive),
-)
 
 # Settings measured on MiniLM / SST-2 (docs/PROTOCOL.md, "Measurements"): ZO
 # arms train the biases and LayerNorms only (31k of 22.7M weights), which learned fastest per

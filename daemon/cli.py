@@ -70,8 +70,7 @@ class Command:
 
 
 def _commands() -> list[Command]:
-    from .bench import BENCH_OPTIONS, BENCHES
-    from .bench_learn import LEARN_OPTIONS
+    from .bench_options import BENCH_OPTIONS, BENCHES, LEARN_OPTIONS
 
     return [
         Command(
@@ -206,9 +205,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: how to see what a stuck process waits for
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings
-    from seedswarm.model.loading import quiet_libraries
-
-    quiet_libraries()
     cmd = table[args.command]
     try:
         config = load_config_file(getattr(args, "config", None))
@@ -216,7 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = resolve(options, args, config=config)
         if cmd.positional is not None:
             values[cmd.positional[0]] = getattr(args, cmd.positional[0])
-        return cmd.handler(build(cmd.settings, values) if cmd.settings else values)
+        settings = build(cmd.settings, values) if cmd.settings else values
+        # torch and transformers load only now: a bad setting is reported in a blink
+        from seedswarm.model.loading import quiet_libraries
+
+        quiet_libraries()
+        return cmd.handler(settings)
     # OSError: a path the user gave (unwritable, a file for a directory, ...): exit 1, not the
     # 2 of a bad setting
     except (SeedswarmError, OSError) as exc:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from seedswarm.daemon.bench import BENCH_OPTIONS, BENCHES, run_bench
+from seedswarm.daemon.bench import run_bench
 from seedswarm.daemon.bench_control import (
     HTTP,
     LOSS,
@@ -22,6 +22,7 @@ from seedswarm.daemon.bench_control import (
     peer_sizes,
     print_control,
 )
+from seedswarm.daemon.bench_options import BENCH_OPTIONS, BENCHES
 from seedswarm.daemon.errors import ConfigError
 from seedswarm.protocol.messages import Presence, encode_presence
 from seedswarm.protocol.records import SIGNATURE_BYTES
