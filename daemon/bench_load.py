@@ -289,7 +289,9 @@ def _worker_main(conn: Connection, spec: _WorkerSpec) -> None:
 
     import uvloop
 
-    for name in ("seedswarm", "asyncio"):  # a thousand clients' reconnects, when overloaded
+    # a thousand clients' reconnects when overloaded (aiomqtt logs as "mqtt": an UNSUBACK that
+    # comes after its request timed out is a traceback there)
+    for name in ("seedswarm", "asyncio", "mqtt", "aiomqtt"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         uvloop.run(_worker(conn, spec))
