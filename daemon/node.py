@@ -91,6 +91,7 @@ from .worker import ModelThread
 log = logging.getLogger("seedswarm.node")
 
 INBOX = 20_000  # messages waiting for the session; beyond this they are dropped (overload)
+INBOX_BYTES = 64 << 20  # ... or beyond this many payload bytes (a flood of 1 MiB bundles)
 INGEST_BATCH = 512
 APPLY_BATCH = 4096
 PROGRESS_EVERY = 10.0  # seconds between progress lines in the log
@@ -141,6 +142,7 @@ class Node:
         self._foreign: set[bytes] = set()  # run ids of other manifests seen under our run name
         self._retracted: list[Retracted] = []  # for the trainer to un-apply
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=INBOX)
+        self._inbox_bytes = 0  # of the payloads in the inbox
         self._wants: deque[WantReceived] = deque(maxlen=1000)
         self._stop = asyncio.Event()
         self._finish_requested = False  # SIGUSR2: take no more own steps
@@ -288,10 +290,15 @@ class Node:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         """Called by the transport for every message; the session reads it in ``_ingest``."""
+        if self._inbox_bytes + len(payload) > INBOX_BYTES:
+            self._overloaded(topic, "inbox full")
+            return
         try:
             self._inbox.put_nowait((topic, payload))
         except asyncio.QueueFull:
             self._overloaded(topic, "inbox full")
+            return
+        self._inbox_bytes += len(payload)
 
     def _overloaded(self, topic: str, detail: str) -> None:
         """A message not read for want of room, counted under its sender (gap filling recovers
@@ -305,6 +312,7 @@ class Node:
             batch = [await self._inbox.get()]
             while len(batch) < INGEST_BATCH and not self._inbox.empty():
                 batch.append(self._inbox.get_nowait())
+            self._inbox_bytes -= sum(len(p) for _, p in batch)
             now = time.monotonic()
             events = [e for t, p in batch for e in self.session.receive(t, p, now)]
             # the nodes whose prefix this batch moved: what the log holds of them is stored

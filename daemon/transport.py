@@ -47,6 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from seedswarm.protocol.codec import MAX_MESSAGE_BYTES
 from seedswarm.protocol.session import Outgoing
 from seedswarm.protocol.topics import Subscription
 
@@ -58,6 +59,9 @@ OnMessage = Callable[[str, bytes], None]
 PEER_LANE = ("answer", "vv")  # what a node sends because a peer asked: the second lane
 MAX_PEER_LANE = 2048  # messages; beyond this answers are dropped (the asker asks again)
 INCOMING_QUEUE = 4096  # messages read from the socket, not yet taken by the node (see _Client)
+INCOMING_BYTES = 32 << 20  # ... and their payload bytes (each counts as at least 1 kB)
+# MQTT 5: the broker sends this client nothing larger (the codec refuses more than 1 MiB anyway)
+MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + (64 << 10)
 SESSION_EXPIRY_S = 3600  # how long the broker keeps a node's session while it is away
 V5_CONNACK_WAIT_S = 3.0  # `auto`: how long a first MQTT 5 attempt waits for the broker
 
@@ -148,19 +152,23 @@ class _Client(aiomqtt.Client):
 
     paho reads every packet the socket holds before the reader gets a turn, so a flood (30,000
     wants in a second) would sit in aiomqtt's queue as 30,000 message objects (~4 kB each with
-    their MQTT 5 properties: 128 MB). The queue holds ``INCOMING_QUEUE``; what does not fit is
-    handed to ``on_overflow`` (its topic, for the node to count under the sender) instead of
-    aiomqtt's one warning per discarded message. Gap filling recovers a dropped frame.
+    their MQTT 5 properties: 128 MB), and as many large bundles as the flood holds. The queue
+    holds ``INCOMING_QUEUE`` messages and ``INCOMING_BYTES``; what does not fit is handed to
+    ``on_overflow`` (its topic, for the node to count under the sender) instead of aiomqtt's
+    one warning per discarded message. Gap filling recovers a dropped frame.
     """
 
     connack: Properties | None = None
     on_overflow: Callable[[str], None] | None = None
+    queued_bytes = 0  # of the messages in aiomqtt's queue (``cost``), less what was taken
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if self._queue.full():
+        size = cost(message.payload)
+        if self._queue.full() or self.queued_bytes + size > INCOMING_BYTES:
             if self.on_overflow is not None:
                 self.on_overflow(str(message.topic))
             return
+        self.queued_bytes += size
         super()._on_message(client, userdata, message)
 
     def _on_connect(
@@ -173,6 +181,11 @@ class _Client(aiomqtt.Client):
     ) -> None:
         self.connack = properties
         super()._on_connect(client, userdata, flags, reason_code, properties)
+
+
+def cost(payload: Any) -> int:
+    """What a queued message holds in memory: its payload, and at least 1 kB of objects."""
+    return max(1024, len(payload)) if isinstance(payload, bytes | bytearray) else 1024
 
 
 class MqttTransport:
@@ -322,6 +335,7 @@ class MqttTransport:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = SESSION_EXPIRY_S
+            props.MaximumPacketSize = MAX_PACKET_BYTES
             first_try = self.version == "auto" and not self.protocol
             client = _Client(
                 self.address.host,
@@ -411,6 +425,7 @@ class MqttTransport:
                         )
                         async for message in client.messages:
                             payload = message.payload
+                            client.queued_bytes -= cost(payload)
                             if isinstance(payload, bytes | bytearray):
                                 self.messages_received += 1
                                 self.bytes_received += len(payload)
