@@ -63,6 +63,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from .console import say
 from .errors import ConfigError
 from .mosquitto import mosquitto
 
@@ -168,6 +169,7 @@ def bench_load(values: dict[str, Any]) -> dict[str, Any]:
                 workers=values["workers"],
             )  # fmt: skip
             rows.append(asdict(_row(row, manifest)))
+            say(print_load({"rows": rows[-1:]}).splitlines()[-1])  # each row as it is done
     return {
         "rows": rows,
         "frame_rate": rate,

@@ -51,7 +51,7 @@ from seedswarm.protocol.signing import NodeKey
 from seedswarm.protocol.topics import BUNDLES, RECORDS, Subscription
 
 from .settings import BrokerAddress
-from .transport import MqttTransport, TransportSpec
+from .transport import INCOMING_QUEUE, MqttTransport, TransportSpec
 
 
 @dataclass(slots=True)
@@ -143,6 +143,9 @@ class SimNode:
                 on_message=self._on_message,
                 will=self.session.will(),
                 aliases=(topics.records(name), topics.presence(name)),
+                # a light node reads little of what it gets: a short queue, or a thousand of
+                # them on one machine hold 4,096 messages each (~20 GB) when they fall behind
+                incoming_queue=INCOMING_QUEUE if settings.full else 256,
             ),
             version=settings.mqtt_version,
             keepalive=int(min(60.0, max(5.0, settings.presence_interval))),

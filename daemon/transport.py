@@ -59,7 +59,7 @@ OnMessage = Callable[[str, bytes], None]
 PEER_LANE = ("answer", "vv")  # what a node sends because a peer asked: the second lane
 MAX_PEER_LANE = 2048  # messages; beyond this answers are dropped (the asker asks again)
 INCOMING_QUEUE = 4096  # messages read from the socket, not yet taken by the node (see _Client)
-INCOMING_BYTES = 32 << 20  # ... and their payload bytes (each counts as at least 1 kB)
+INCOMING_BYTES = 32 << 20  # ... and their bytes (``cost``: each counts as at least 4 kB)
 # MQTT 5: the broker sends this client nothing larger (the codec refuses more than 1 MiB anyway)
 MAX_PACKET_BYTES = MAX_MESSAGE_BYTES + (64 << 10)
 SESSION_EXPIRY_S = 3600  # how long the broker keeps a node's session while it is away
@@ -95,6 +95,7 @@ class TransportSpec:
     aliases: tuple[str, ...] = ()  # own topics worth a topic alias (MQTT 5)
     on_drop: Callable[[Outgoing], None] | None = None  # an answer that did not fit
     on_overflow: Callable[[str], None] | None = None  # (the topic of) a message not read
+    incoming_queue: int = INCOMING_QUEUE  # messages read, not yet taken (see _Client)
 
 
 class Transport(Protocol):
@@ -184,8 +185,9 @@ class _Client(aiomqtt.Client):
 
 
 def cost(payload: Any) -> int:
-    """What a queued message holds in memory: its payload, and at least 1 kB of objects."""
-    return max(1024, len(payload)) if isinstance(payload, bytes | bytearray) else 1024
+    """What a queued message holds in memory: its payload, and at least 4 kB of objects (paho's
+    message and its MQTT 5 properties, aiomqtt's message: measured ~4 kB)."""
+    return max(4096, len(payload)) if isinstance(payload, bytes | bytearray) else 4096
 
 
 class MqttTransport:
@@ -330,7 +332,7 @@ class MqttTransport:
             "keepalive": self.keepalive,
             "tls_params": tls,
             "max_inflight_messages": 64,
-            "max_queued_incoming_messages": INCOMING_QUEUE,
+            "max_queued_incoming_messages": self.spec.incoming_queue,
         }
         if self._v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
