@@ -220,7 +220,7 @@ class Node:
                 will=self.session.will(),
                 aliases=(topics.records(self.me), topics.presence(self.me)),
                 on_drop=self._answer_dropped,
-                on_overflow=lambda topic: self._overloaded(topic, "incoming queue full"),
+                on_overflow=lambda topic: self.session.overloaded(topic, "incoming queue full"),
             )
         )
         self.http = StatusServer(self, routes=snapshot_routes(self))
@@ -291,20 +291,14 @@ class Node:
     def _on_message(self, topic: str, payload: bytes) -> None:
         """Called by the transport for every message; the session reads it in ``_ingest``."""
         if self._inbox_bytes + len(payload) > INBOX_BYTES:
-            self._overloaded(topic, "inbox full")
+            self.session.overloaded(topic, "inbox full")
             return
         try:
             self._inbox.put_nowait((topic, payload))
         except asyncio.QueueFull:
-            self._overloaded(topic, "inbox full")
+            self.session.overloaded(topic, "inbox full")
             return
         self._inbox_bytes += len(payload)
-
-    def _overloaded(self, topic: str, detail: str) -> None:
-        """A message not read for want of room, counted under its sender (gap filling recovers
-        a frame dropped here)."""
-        route = _route(self.session, topic)
-        self.session.drop("overload", route.sender if route else "invalid", detail)
 
     async def _ingest(self) -> None:
         """Feed the session; store what it accepted or retracted, in order; route the rest."""

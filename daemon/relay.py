@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from seedswarm.protocol.codec import encode_bundle
-from seedswarm.protocol.errors import DecodeError, SeedswarmError
+from seedswarm.protocol.errors import SeedswarmError
 from seedswarm.protocol.manifest import Manifest
 from seedswarm.protocol.session import (
     MAX_BUNDLE_BYTES,
@@ -142,7 +142,7 @@ class Relay:
                 on_message=self._on_message,
                 will=self.session.will(),
                 aliases=(topics.bundles(self.me), topics.presence(self.me)),
-                on_overflow=self._overloaded,
+                on_overflow=lambda topic: self.session.overloaded(topic, "incoming queue full"),
             )
         )
         self.http_url = await self._start_http(s.http)
@@ -209,14 +209,6 @@ class Relay:
         return code
 
     # -- inbound --------------------------------------------------------------------------------
-
-    def _overloaded(self, topic: str) -> None:
-        """A message the transport had no room for, counted under its sender."""
-        try:
-            route = self.session.topics.parse(topic)
-        except DecodeError:
-            route = None
-        self.session.drop("overload", route.sender if route else "invalid", "incoming queue full")
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         """The session checks everything; what it took without a drop is forwarded as it came,

@@ -94,7 +94,7 @@ class TransportSpec:
     will: Outgoing
     aliases: tuple[str, ...] = ()  # own topics worth a topic alias (MQTT 5)
     on_drop: Callable[[Outgoing], None] | None = None  # an answer that did not fit
-    on_overflow: Callable[[str], None] | None = None  # (the topic of) a message not read
+    on_overflow: Callable[[str], object] | None = None  # (the topic of) a message not read
     incoming_queue: int = INCOMING_QUEUE  # messages read, not yet taken (see _Client)
 
 
@@ -160,7 +160,7 @@ class _Client(aiomqtt.Client):
     """
 
     connack: Properties | None = None
-    on_overflow: Callable[[str], None] | None = None
+    on_overflow: Callable[[str], object] | None = None
     queued_bytes = 0  # of the messages in aiomqtt's queue (``cost``), less what was taken
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:

@@ -585,6 +585,15 @@ class Session:
         counts[blamed] += 1
         return Dropped(reason, blamed, detail, loud)
 
+    def overloaded(self, topic: str, detail: str) -> Dropped:
+        """A message the daemon had no room to read (``overload``), counted under the sender
+        its topic names (gap filling recovers a frame dropped this way)."""
+        try:
+            route = self.topics.parse(topic)
+        except DecodeError:
+            route = None
+        return self.drop("overload", route.sender if route else "invalid", detail)
+
     # -- own records -------------------------------------------------------------------------
 
     def seal(self, qs: Sequence[int]) -> list[Sealed]:

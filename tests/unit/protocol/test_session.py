@@ -725,3 +725,11 @@ SwarmOverALossyBus.TestCase.settings = settings(
     max_examples=60, stateful_step_count=40, deadline=None
 )
 test_a_lossy_bus_converges = SwarmOverALossyBus.TestCase
+
+
+def test_a_message_the_daemon_had_no_room_for_is_counted_under_its_sender() -> None:
+    s = session()
+    s.overloaded(T.records("a"), "inbox full")
+    s.overloaded(T.base + "/sync/me/b", "incoming queue full")
+    s.overloaded(T.base + "/records/no!good", "inbox full")
+    assert s.statistics().dropped == {"overload": {"a": 1, "b": 1, INVALID: 1}}
