@@ -57,7 +57,7 @@ import tempfile
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -71,6 +71,7 @@ LAG_LIMIT_S = 5.0  # a row whose lag p99 is above this is saturated
 KEPT_MIN = 0.95  # ... or whose nodes wrote less than this share of their records on time
 CONNECT_PER_S = 50.0  # new MQTT connections per second at most, all workers together
 BUSY_CPU = 0.6  # ... and a worker connects its next node only while it is less busy than this
+PROGRESS_EVERY_S = 15.0  # how often the bench says how far the nodes got while they join
 CONNECT_PATIENCE_S = 0.5  # seconds per node the bench waits for all to connect and listen
 NODES_PER_WORKER = 300  # light nodes per worker process (at most MAX_WORKERS of them)
 MAX_WORKERS = 4
@@ -94,6 +95,7 @@ class LoadRow:
     seconds: float
     warmup: float
     frame_rate: float
+    relay_interval: float  # seconds between two bundles (``seedswarm relay --interval``)
     drain: float
     workers: int  # 0: one per NODES_PER_WORKER light nodes, plus one for the full ones
 
@@ -161,22 +163,40 @@ def bench_load(values: dict[str, Any]) -> dict[str, Any]:
     _raise_fd_limit()
     manifest = _real_manifest() if real else _sim_manifest()
     rows = []
-    for n in sizes:
-        for relay in arms:
-            row = LoadRow(
-                nodes=n, relay=relay, real=real, full=values["full"], seconds=values["seconds"],
-                warmup=values["warmup"], frame_rate=rate, drain=values["drain"],
-                workers=values["workers"],
-            )  # fmt: skip
-            rows.append(asdict(_row(row, manifest)))
-            say(print_load({"rows": rows[-1:]}).splitlines()[-1])  # each row as it is done
+    with _sigterm_unwinds():
+        for n in sizes:
+            for relay in arms:
+                row = LoadRow(
+                    nodes=n, relay=relay, real=real, full=values["full"],
+                    seconds=values["seconds"], warmup=values["warmup"], frame_rate=rate,
+                    drain=values["drain"], relay_interval=values["relay_interval"],
+                    workers=values["workers"],
+                )  # fmt: skip
+                rows.append(asdict(_row(row, manifest)))
+                say(print_load({"rows": rows[-1:]}).splitlines()[-1])  # each row as it is done
     return {
         "rows": rows,
         "frame_rate": rate,
-        "relay_interval": 0.5,
+        "relay_interval": values["relay_interval"],
         "limits": {"lag_p99_s": LAG_LIMIT_S, "kept": KEPT_MIN},
         "load_avg_start": os.getloadavg()[0],
     }
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``) ends the bench as Ctrl-C does: by an exception, so the
+    relay, the real nodes, the workers and the broker it started are stopped on the way out
+    (the relay and real nodes run in their own sessions, which no signal to this one reaches)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_fd_limit() -> None:
@@ -352,7 +372,11 @@ async def _worker(conn: Connection, spec: _WorkerSpec) -> None:
 
         async def report() -> None:
             while True:
-                conn.send(("status", spec.index, _worker_status(nodes)))
+                try:
+                    conn.send(("status", spec.index, _worker_status(nodes)))
+                except OSError:  # the bench is gone (killed): stop as if told to
+                    inbox.put_nowait(("stop",))
+                    return
                 await asyncio.sleep(1.0)
 
         connector = tg.create_task(connect_all(), name="connect")
@@ -379,7 +403,8 @@ async def _worker(conn: Connection, spec: _WorkerSpec) -> None:
         "origins": origins,
         "status": _worker_status(nodes),
     }
-    conn.send(("result", spec.index, result))
+    with contextlib.suppress(OSError):  # the bench may be gone
+        conn.send(("result", spec.index, result))
 
 
 async def _calm(pause: float) -> None:
@@ -399,6 +424,7 @@ def _worker_status(nodes: list[Any]) -> dict[str, Any]:
     return {
         "at": time.monotonic(),
         "connected": sum(n.transport.connected.is_set() for n in nodes),
+        "connects": sum(n.transport.connects for n in nodes),
         "via_relay": sum(n.via_relay for n in nodes),
         "produced": sum(n.produced for n in nodes),
         "messages_in": sum(n.transport.messages_received for n in nodes),
@@ -462,8 +488,17 @@ class _Workers:
             with contextlib.suppress(OSError):
                 conn.send(msg)
 
-    async def wait(self, done: Callable[[], bool], deadline: float) -> bool:
+    async def wait(
+        self,
+        done: Callable[[], bool],
+        deadline: float,
+        progress: Callable[[], None] | None = None,
+    ) -> bool:
+        said = time.monotonic()
         while not done():
+            if progress is not None and time.monotonic() - said >= PROGRESS_EVERY_S:
+                progress()
+                said = time.monotonic()
             if self.errors:
                 raise ConfigError("bench load: a worker failed:\n" + self.errors[0][-3000:])
             left = deadline - time.monotonic()
@@ -616,6 +651,7 @@ async def _run_nodes(
                         "relay", "--relay", RELAY, "--manifest", str(manifest_path),
                         "--data-dir", str(tmp / "relay"), "--http", f"127.0.0.1:{http}",
                         "--broker", f"mqtt://127.0.0.1:{port}",
+                        "--interval", str(row.relay_interval),
                     ],
                     tmp / "relay.log",
                 )
@@ -634,7 +670,11 @@ async def _run_nodes(
                 not row.relay or workers.total("via_relay") >= n_sim
             )
 
-        await workers.wait(listening, time.monotonic() + 120 + CONNECT_PATIENCE_S * n_sim)
+        await workers.wait(
+            listening,
+            time.monotonic() + 120 + CONNECT_PATIENCE_S * n_sim,
+            progress=lambda: _join_progress(workers, n_sim, row.relay, broker),
+        )
         connected, via_relay = workers.total("connected"), workers.total("via_relay")
         for i in range(row.real):
             reals.append(_start_real(f"n{i}", i, row, steps, port, manifest_path, tmp))
@@ -684,6 +724,18 @@ async def _run_nodes(
             workers.close()
         for p in procs:
             _end(p)
+
+
+def _join_progress(workers: _Workers, n_sim: int, relay: bool, broker: int) -> None:
+    """One line while the nodes join: how many connected (and listen to the relay), how many
+    connections that took, and the CPU the broker and the workers used so far."""
+    say(
+        f"  joining: {workers.total('connected')}/{n_sim} connected"
+        + (f", {workers.total('via_relay')} via relay" if relay else "")
+        + f", {workers.total('connects')} connections;"
+        f" CPU s: broker {_cpu_seconds(broker):.0f},"
+        f" workers {sum(_cpu_seconds(p.pid) for p in workers.procs if p.pid):.0f}"
+    )
 
 
 async def _until(pred: Callable[[], bool], patience: float, what: str, tmp: Path) -> None:

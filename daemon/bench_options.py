@@ -48,6 +48,7 @@ BENCH_OPTIONS = (
     Option("seconds", float, 30.0, "load: the measured window", check=positive),
     Option("warmup", float, 10.0, "load: seconds of records before the window"),
     Option("frame_rate", float, 1.0, "load: frames per second per node", check=positive),
+    Option("relay_interval", float, 0.5, "load: seconds between a relay's bundles", check=positive),
     Option("drain", float, 60.0, "load: seconds gap filling gets after the last record"),
     Option("real", int, 0, "load: real seedswarm node processes (tiny model) among the nodes"),
     Option("full", int, 16, "load: simulated nodes that check every record (0: all)"),
