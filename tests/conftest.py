@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,3 +38,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TEST_LIMIT_S))
+    # the docker tests last: their engine and images are prepared in the background meanwhile
+    items.sort(key=lambda item: item.get_closest_marker("docker") is not None)  # stable
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the docker tests' preparation (tests/docker/prebuild.py) once it is known that one
+    of them runs, so its minutes overlap with the other tests."""
+    if session.config.option.collectonly:
+        return
+    if any(item.get_closest_marker("docker") for item in session.items):
+        from .docker.prebuild import PREBUILD
+
+        PREBUILD.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Undo what the preparation made and no docker test took (a session stopped early)."""
+    prebuild = sys.modules.get(f"{__package__}.docker.prebuild")
+    if prebuild is not None:
+        prebuild.PREBUILD.abandon()

@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,8 +39,26 @@ RECIPE_VERSION = "1"
 SUMMARY: list[str] = []  # the stage timings, for pytest's terminal summary
 
 
+_SINK = threading.local()  # where say() writes on this thread, if not to stderr
+
+
 def say(msg: str) -> None:
+    sink: list[str] | None = getattr(_SINK, "lines", None)
+    if sink is not None:
+        sink.append(msg)
+        return
     print(f"[docker-test] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def capture_says(lines: list[str]) -> Iterator[None]:
+    """``say`` on this thread appends to ``lines`` instead of printing (the background
+    preparation, prebuild.py: its output belongs to the docker test, not the test that runs)."""
+    _SINK.lines = lines
+    try:
+        yield
+    finally:
+        _SINK.lines = None
 
 
 def docker_env() -> dict[str, str]:

@@ -27,10 +27,8 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -38,37 +36,21 @@ import pytest
 
 from ..helpers import cli, free_port, get_json, get_text, wait_until
 from .engine import (
-    MOSQUITTO,
-    PYTHON,
     SUMMARY,
     Engine,
-    ImageLedger,
     Timings,
-    build_standin,
     docker,
     docker_env,
     run,
     say,
-    start_engine,
 )
+from .prebuild import PREBUILD, REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 NODES = ("node1", "node2", "node3")
 STEPS = 200  # own steps per node in the main swarm: the eval loss falls by ~2 (100: by 0.7-1.3)
 AUTH_STEPS = 10
-
-
-def pinned_tags() -> tuple[str, str]:
-    """The base images the project's files name: python from the Dockerfile, Mosquitto from
-    compose.yaml (a pinned 2.0.x tag)."""
-    py = re.search(r"^ARG PYTHON_IMAGE=(\S+)", (REPO / "docker/Dockerfile").read_text(), re.M)
-    mq = re.search(r"image: (eclipse-mosquitto:\S+)", (REPO / "docker/compose.yaml").read_text())
-    assert py, "docker/Dockerfile lost its ARG PYTHON_IMAGE"
-    assert mq, "docker/compose.yaml lost its eclipse-mosquitto image"
-    assert re.fullmatch(r"eclipse-mosquitto:2\.0\.\d+", mq.group(1)), mq.group(1)
-    return py.group(1), mq.group(1)
 
 
 def compose_command() -> list[str]:
@@ -88,7 +70,7 @@ def compose_command() -> list[str]:
 
 @pytest.fixture(scope="module")
 def timings() -> Iterator[Timings]:
-    t = Timings()
+    t = PREBUILD.timings  # its stages come first: the engine and the images (prebuild.py)
     yield t
     SUMMARY.extend(t.report())  # printed in pytest's summary (conftest.py), -s or not
     for line in t.report():
@@ -96,9 +78,8 @@ def timings() -> Iterator[Timings]:
 
 
 @pytest.fixture(scope="module")
-def engine(timings: Timings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    with timings.stage("1. Docker engine (reuse or start dockerd)"):
-        got = start_engine(tmp_path_factory.mktemp("dockerd"))
+def engine(timings: Timings) -> Iterator[Engine]:
+    got = PREBUILD.take_engine()
     if isinstance(got, str):
         say(f"SKIP: {got}")
         pytest.skip(f"no Docker engine can start here: {got}")
@@ -109,6 +90,7 @@ def engine(timings: Timings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         yield got
     finally:
+        PREBUILD.remove_images()  # if no test took them (only the compose files were checked)
         with timings.stage("6. stop the dockerd started here" if got.proc else "6. (engine left)"):
             got.stop()
 
@@ -121,84 +103,14 @@ class Built:
     timings: Timings
 
 
-def copy_checkout(dst: Path) -> None:
-    """The working tree as git sees it (tracked and untracked, not ignored), else a plain walk."""
-    rels: list[str]
-    git = run(
-        ["git", "-C", REPO, "ls-files", "-co", "--exclude-standard", "-z"], check=False, env=None
-    )
-    if git.returncode == 0 and git.stdout:
-        rels = [r for r in git.stdout.split("\0") if r]
-    else:
-        skip = {".git", ".venv", "build", "dist", "__pycache__", ".mypy_cache", ".pytest_cache"}
-        rels = [
-            str(p.relative_to(REPO))
-            for p in REPO.rglob("*")
-            if not (set(p.relative_to(REPO).parts) & skip) and (p.is_file() or p.is_symlink())
-        ]
-    for rel in rels:
-        src, out = REPO / rel, dst / rel
-        if not os.path.lexists(src):
-            continue  # deleted in the working tree
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            out.symlink_to(os.readlink(src))
-        elif src.is_file():
-            shutil.copy2(src, out)
-
-
-def collect_wheels(ctx: Path) -> Path:
-    """docker/wheels for OFFLINE=1: the project built here, and its dependencies."""
-    if sys.version_info[:2] != (3, 11):
-        pytest.fail("the image runs CPython 3.11: collect its wheels with a Python 3.11 host")
-    wheels = ctx / "docker/wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    pip = [sys.executable, "-m", "pip"]
-    run([*pip, "wheel", "-q", "--no-deps", "-w", wheels, ctx], cwd=ctx, timeout=900)
-    (project,) = wheels.glob("seedswarm-*.whl")
-    # the torch this host runs (the CPU build in CI) rather than whatever the index prefers
-    constraints = ctx / "constraints.txt"
-    constraints.write_text(f"torch=={version('torch')}\n")
-    run([*pip, "download", "-q", "-d", wheels, "-c", constraints, project], timeout=900)
-    return wheels
-
-
 @pytest.fixture(scope="module")
-def built(
-    engine: Engine, timings: Timings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Built]:
-    python_tag, mosquitto_tag = pinned_tags()
-    work = tmp_path_factory.mktemp("docker-build")
-    ledger = ImageLedger()
+def built(engine: Engine, timings: Timings) -> Iterator[Built]:
     try:
-        ledger.borrow(python_tag)
-        build_standin(PYTHON, python_tag, work, timings)
-        ledger.borrow(mosquitto_tag)
-        build_standin(MOSQUITTO, mosquitto_tag, work, timings)
-        ctx = work / "checkout"
-        with timings.stage("3. wheels on the host (pip wheel --no-deps ., pip download)"):
-            copy_checkout(ctx)
-            wheels = collect_wheels(ctx)
-        timings.notes.append(
-            f"wheels: {len(list(wheels.iterdir()))} files, "
-            f"{sum(p.stat().st_size for p in wheels.iterdir()) / 2**20:.0f} MiB"
-        )
-        tag = f"seedswarm-node:test-{os.getpid()}"
-        ledger.borrow(tag)
-        with timings.stage("3. docker build --network none (OFFLINE=1)"):
-            run(
-                ["docker", "build", "--force-rm", "--network", "none", "-f", ctx / "docker/Dockerfile",
-                 "--build-arg", "OFFLINE=1", "-t", tag, ctx],
-                timeout=1800,
-            )  # fmt: skip
-        shutil.rmtree(wheels)
-        size = int(docker("image", "inspect", "--format", "{{.Size}}", tag))
-        timings.notes.append(f"node image {tag}: {size / 1e9:.2f} GB ({size / 2**30:.2f} GiB)")
+        ctx, tag = PREBUILD.take_images()
         yield Built(ctx, tag, compose_command(), timings)
     finally:
         with timings.stage("6. remove the images built here"):
-            left = ledger.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+            left = PREBUILD.remove_images()
         assert not left, f"images left behind: {left}"
 
 
