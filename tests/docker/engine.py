@@ -39,26 +39,36 @@ RECIPE_VERSION = "1"
 SUMMARY: list[str] = []  # the stage timings, for pytest's terminal summary
 
 
-_SINK = threading.local()  # where say() writes on this thread, if not to stderr
+_BACKGROUND = threading.local()  # set on the thread of the background preparation
 
 
 def say(msg: str) -> None:
-    sink: list[str] | None = getattr(_SINK, "lines", None)
+    sink: list[str] | None = getattr(_BACKGROUND, "lines", None)
     if sink is not None:
         sink.append(msg)
         return
     print(f"[docker-test] {msg}", file=sys.stderr, flush=True)
 
 
+def in_background() -> bool:
+    return getattr(_BACKGROUND, "lines", None) is not None
+
+
 @contextlib.contextmanager
-def capture_says(lines: list[str]) -> Iterator[None]:
-    """``say`` on this thread appends to ``lines`` instead of printing (the background
-    preparation, prebuild.py: its output belongs to the docker test, not the test that runs)."""
-    _SINK.lines = lines
+def background(lines: list[str]) -> Iterator[None]:
+    """This thread is the background preparation (prebuild.py): ``say`` appends to ``lines``
+    instead of printing (its output belongs to the docker test, not to the test that runs
+    meanwhile), and what it runs (``run``, and a dockerd it starts, with the builds inside it)
+    runs at ``nice`` 10, so it takes the CPU the foreground tests leave."""
+    _BACKGROUND.lines = lines
     try:
         yield
     finally:
-        _SINK.lines = None
+        _BACKGROUND.lines = None
+
+
+def niced(cmd: list[str]) -> list[str]:
+    return ["nice", "-n", "10", *cmd] if in_background() and shutil.which("nice") else cmd
 
 
 def docker_env() -> dict[str, str]:
@@ -78,7 +88,7 @@ def run(
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [str(c) for c in cmd],
+        niced([str(c) for c in cmd]),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -196,7 +206,7 @@ def start_engine(workdir: Path) -> Engine | str:
     log = workdir / "dockerd.log"
     with log.open("ab") as fh:
         proc = subprocess.Popen(
-            [dockerd, *DOCKERD_ARGS],
+            niced([dockerd, *DOCKERD_ARGS]),
             stdout=fh,
             stderr=fh,
             stdin=subprocess.DEVNULL,

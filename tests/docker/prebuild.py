@@ -4,7 +4,9 @@ Starting dockerd, building the two stand-in base images and the node image takes
 minutes, nearly all of it in other processes (debootstrap, pip, docker build). The root
 conftest starts ``PREBUILD`` as soon as it knows a docker test will run and orders the docker
 tests last, so that time overlaps with the rest of the suite; their fixtures then take what it
-made, waiting for it if it is not done, and it fails them with its error if it failed.
+made, waiting for it if it is not done, and it fails them with its error if it failed. What
+it runs runs at ``nice`` 10 (engine.background), dockerd and so the builds inside it too, so it
+slows the foreground tests as little as it can: it takes the CPU they leave while they wait.
 
 What the thread does is exactly what the fixtures did before, in the same order, with the same
 timed stages (printed in the docker test's summary). What it would print goes to its own list,
@@ -33,8 +35,8 @@ from .engine import (
     Engine,
     ImageLedger,
     Timings,
+    background,
     build_standin,
-    capture_says,
     docker,
     run,
     say,
@@ -119,7 +121,7 @@ class Prebuild:
             self._thread.start()
 
     def _run(self) -> None:
-        with capture_says(self.said):
+        with background(self.said):
             try:
                 self.work = Path(tempfile.mkdtemp(prefix="seedswarm-docker-test-"))
                 with self.timings.stage("1. Docker engine (reuse or start dockerd)"):
