@@ -79,6 +79,32 @@ def cli_json_all(*commands: tuple[str, ...], timeout: float = 600) -> list[dict[
         return list(pool.map(lambda args: cli_json(*args, timeout=timeout), commands))
 
 
+def signalled_cli(
+    *args: str,
+    ready: Callable[[subprocess.Popen[str]], bool],
+    what: str,
+    sig: int,
+    ready_timeout: float,
+    exit_timeout: float,
+    interval: float = 0.25,
+) -> subprocess.CompletedProcess[str]:
+    """Start ``seedswarm ARGS``, wait until ``ready(proc)``, send it ``sig`` (as a user's
+    Ctrl-C or ``kill``), and return how it ended; killed if it outlives ``exit_timeout``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seedswarm.daemon.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    )  # fmt: skip
+    try:
+        wait_until(lambda: ready(proc), timeout=ready_timeout, what=what, interval=interval)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=exit_timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def wait_until(
     pred: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.25
 ) -> None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from ..helpers import cli, cli_json, env, wait_until
+from ..helpers import cli, cli_json, signalled_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -55,29 +54,22 @@ def test_swarm_quickstart_ends_in_agreement(tmp_path: Path, signed: bool) -> Non
 def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path) -> None:
     """The quickstart without --steps runs until Ctrl+C, then stops every node cleanly and
     says where each node's data is."""
-    proc = subprocess.Popen(
+    log = tmp_path / "swarm" / "swarm.log"
+
+    def progressing(_: subprocess.Popen[str]) -> bool:
+        if not log.exists():
+            return False
+        last = log.read_text().strip().splitlines()[-1:]
+        return bool(last) and "steps -" not in last[0] and "steps 0 " not in last[0]
+
+    ended = signalled_cli(
         # --settle: time enough on a loaded machine; agreement ends the wait as soon as it holds
-        [sys.executable, "-m", "seedswarm.daemon.cli", "swarm", "--nodes", "2", "--dir",
-         str(tmp_path / "swarm"), "--settle", "240"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+        "swarm", "--nodes", "2", "--dir", str(tmp_path / "swarm"), "--settle", "240",
+        ready=progressing, what="the nodes to take steps", sig=signal.SIGINT,
+        ready_timeout=240, exit_timeout=360, interval=1.0,
     )  # fmt: skip
-    try:
-        log = tmp_path / "swarm" / "swarm.log"
-
-        def progressing() -> bool:
-            if not log.exists():
-                return False
-            last = log.read_text().strip().splitlines()[-1:]
-            return bool(last) and "steps -" not in last[0] and "steps 0 " not in last[0]
-
-        wait_until(progressing, timeout=240, what="the nodes to take steps", interval=1.0)
-        proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=360)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-2000:]
+    err = ended.stderr
+    assert ended.returncode == 0, err[-2000:]
     for name in ("n0", "n1"):
         assert str(tmp_path / "swarm" / name) in err
         assert (tmp_path / "swarm" / name / "log.sqlite").exists()

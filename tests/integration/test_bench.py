@@ -12,7 +12,6 @@ import math
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 from seedswarm.daemon.errors import ConfigError
 from seedswarm.daemon.mosquitto import mosquitto
 
-from ..helpers import cli, cli_json, env, wait_until
+from ..helpers import cli, cli_json, signalled_cli, wait_until
 
 pytestmark = [pytest.mark.slow]
 
@@ -164,27 +163,21 @@ def test_a_terminated_bench_load_stops_its_broker_relay_and_workers() -> None:
     """``kill`` (SIGTERM) while a row runs: the bench stops the Mosquitto, the relay (which runs
     in its own session, out of reach of signals to the bench's) and the workers it started,
     rather than leaving them running."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seedswarm.daemon.cli", "bench", "load", "--nodes", "3",
-         "--relay", "on", "--full", "0", "--seconds", "600", "--warmup", "0", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
+    kinds = {"mosquitto": "mosquitto -c", "relay": "cli relay", "worker": "multiprocessing"}
+    started: dict[int, str] = {}
+
+    def all_up(proc: subprocess.Popen[str]) -> bool:
+        started.update(_children(proc.pid))
+        return all(any(k in c for c in started.values()) for k in kinds.values())
+
+    ended = signalled_cli(
+        "bench", "load", "--nodes", "3", "--relay", "on", "--full", "0", "--seconds", "600",
+        "--warmup", "0", "--json",
+        ready=all_up, what="the bench's broker, relay and workers", sig=signal.SIGTERM,
+        ready_timeout=120, exit_timeout=120,
     )  # fmt: skip
-    try:
-        kinds = {"mosquitto": "mosquitto -c", "relay": "cli relay", "worker": "multiprocessing"}
-        started: dict[int, str] = {}
-
-        def all_up() -> bool:
-            started.update(_children(proc.pid))
-            return all(any(k in c for c in started.values()) for k in kinds.values())
-
-        wait_until(all_up, timeout=120, what="the bench's broker, relay and workers")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err  # as for Ctrl-C: "interrupted"
+    err = ended.stderr
+    assert ended.returncode == 130, err  # as for Ctrl-C: "interrupted"
     assert err.strip().splitlines()[-1] == "interrupted", err
     ours = {pid: cmd for pid, cmd in started.items() if any(k in cmd for k in kinds.values())}
 
