@@ -477,6 +477,10 @@ class _Workers:
                 self.results[index] = {}
         self._changed.set()
 
+    def cpu_seconds(self) -> float:
+        """utime + stime of the worker processes so far."""
+        return sum(_cpu_seconds(p.pid) for p in self.procs if p.pid)
+
     def total(self, key: str) -> int:
         return sum(s[key] for s in self.status.values())
 
@@ -734,7 +738,7 @@ def _join_progress(workers: _Workers, n_sim: int, relay: bool, broker: int) -> N
         + (f", {workers.total('via_relay')} via relay" if relay else "")
         + f", {workers.total('connects')} connections;"
         f" CPU s: broker {_cpu_seconds(broker):.0f},"
-        f" workers {sum(_cpu_seconds(p.pid) for p in workers.procs if p.pid):.0f}"
+        f" workers {workers.cpu_seconds():.0f}"
     )
 
 
@@ -811,7 +815,7 @@ async def _snapshot(
     others = [p.pid for p in procs if p.pid not in real_pids]
     cpu = {
         "broker": _cpu_seconds(broker),
-        "sims": sum(_cpu_seconds(p.pid) for p in workers.procs if p.pid),
+        "sims": workers.cpu_seconds(),
         "relay": sum(_cpu_seconds(p) for p in others) if relay else 0.0,
         "real": sum(_cpu_seconds(p) for p in real_pids),
     }

@@ -199,6 +199,7 @@ class Prebuild:
         self.ledger = None
         if self.work is not None:
             shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
         return left
 
     def abandon(self) -> None:
