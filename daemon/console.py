@@ -37,6 +37,7 @@ class Progress:
         self._bar: Any = None
         self._last = 0.0
         self._t0 = time.monotonic()
+        self._first: int | None = None  # the count at the first update (a resumed run's start)
         self.desc = desc
         if enabled and self.stream.isatty():
             from tqdm import tqdm
@@ -47,15 +48,19 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is not None:
+            if self._first is None:  # a resumed run: its rate counts from here
+                self._first = self._bar.initial = done
             self._bar.n = done
             self._bar.set_postfix(info, refresh=False)
             self._bar.refresh()
             return
         now = time.monotonic()
+        if self._first is None:
+            self._first, self._t0 = done, now
         if done < self.total and now - self._last < 2.0:
             return
         self._last = now
-        rate = done / max(now - self._t0, 1e-9)
+        rate = (done - self._first) / max(now - self._t0, 1e-9)
         extra = " ".join(f"{k} {v}" for k, v in info.items())
         self.stream.write(f"{self.desc} {done}/{self.total} {extra} ({rate:.1f}/s)\n")
         self.stream.flush()

@@ -1,4 +1,10 @@
-"""Errors of the daemon and the CLI (see protocol/errors.py for the whole hierarchy)."""
+"""Errors of the daemon and the CLI (see protocol/errors.py for the whole hierarchy).
+
+SeedswarmError
+├── ConfigError    a setting the user can fix: exit status 2, one line
+├── StoreError     the log store or a snapshot cannot be read or written: fail-stop
+└── StageTimeout   a stage of a command's lifecycle ran out of time (peer/lifecycle.py)
+"""
 
 from __future__ import annotations
 
@@ -13,5 +19,6 @@ class StoreError(SeedswarmError):
     """The log store or a snapshot cannot be read or written."""
 
 
-class JoinRefused(SeedswarmError):
-    """The swarm runs a different manifest (base model, task or hyper-parameters)."""
+class StageTimeout(SeedswarmError):
+    """A stage of a long-running command (startup, shutdown, teardown) ran out of time, or a
+    second signal cut its shutdown short."""

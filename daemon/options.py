@@ -10,6 +10,7 @@ names where it came from and what is expected.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,7 @@ class Option:
     help: str
     choices: tuple[str, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # returns an error message or None
+    advanced: bool = False  # shown by --help-all only
 
     @property
     def flag(self) -> str:
@@ -48,30 +50,51 @@ def non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must not be negative"
 
 
+def port_number(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else "is not a port: use 0..65535 (0 picks a free one)"
+
+
 def steps_limit(v: Any) -> str | None:
     return None if v >= -1 else "must be a number of steps, or -1 for no limit"
 
 
-def add_options(parser: argparse.ArgumentParser, options: Sequence[Option], title: str) -> None:
+def suggest(word: str, known: Sequence[str]) -> str:
+    """`` (did you mean X?)`` for the known word closest to ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    options: Sequence[Option],
+    title: str,
+    *,
+    show_all: bool = True,
+) -> None:
+    """The options as flags of ``parser``, in a group ``title``; an advanced option is taken
+    either way but shown in the help only when ``show_all`` (``--help-all``)."""
     group = parser.add_argument_group(title)
     for opt in options:
-        env_note = f" [env {opt.env}]"
-        default_note = f" (default: {opt.default})" if opt.default not in (None, "", False) else ""
+        if opt.advanced and not show_all:
+            text = argparse.SUPPRESS
+        else:
+            default_note = (
+                f" (default: {opt.default})" if opt.default not in (None, "", False) else ""
+            )
+            # the environment variable of every option follows one rule, said once in the
+            # short help's epilog; --help-all names each
+            text = opt.help + default_note + (f" [env {opt.env}]" if show_all else "")
         if opt.kind is bool:
             group.add_argument(
                 opt.flag,
                 dest=opt.name,
                 default=None,
                 action=argparse.BooleanOptionalAction,
-                help=opt.help + default_note + env_note,
+                help=text,
             )
         else:
             group.add_argument(
-                opt.flag,
-                dest=opt.name,
-                default=None,
-                metavar=opt.name.upper(),
-                help=opt.help + default_note + env_note,
+                opt.flag, dest=opt.name, default=None, metavar=opt.name.upper(), help=text
             )
 
 
@@ -139,9 +162,8 @@ def resolve(
     known = {o.name for o in options}
     unknown = sorted(k for k in config if k not in known)
     if unknown:
-        raise ConfigError(
-            f"{config_name}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})"
-        )
+        hint = suggest(unknown[0], sorted(known)) or " (the keys are the flags without --, _ for -)"
+        raise ConfigError(f"{config_name}: unknown setting {unknown[0]!r}{hint}")
     out: dict[str, Any] = {}
     for opt in options:
         flag_value = getattr(args, opt.name, None)
@@ -156,8 +178,4 @@ def resolve(
     return out
 
 
-# Options of the benchmarks (the commands' own options are fields of settings.py's classes).
-KERNELS = ("auto", "torch", "cpu", "triton")
-DEVICE = Option("device", str, "auto", "auto, cpu, cuda or cuda:N")
-KERNEL = Option("kernel", str, "auto", "sign/apply kernel: " + ", ".join(KERNELS), choices=KERNELS)
-JSON = Option("json", bool, False, "print one JSON object instead of text")
+KERNELS = ("auto", "torch", "cpu", "triton")  # the sign/apply kernels (model/kernels.py)

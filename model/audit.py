@@ -1,13 +1,13 @@
-"""The audit of a snapshot: the exact value of a few elements, from a known state and the log.
+"""The audit of a snapshot: the exact state of a few elements, from a known state and the log.
 
-A record's effect on element ``e`` of tensor ``t`` is ``-du_t(q) · 2^e_t · z(e)``, with ``z``
-from Philox at a counter that names the tensor and the element's block (docs/PROTOCOL.md
-§4-5). So the value of any element after a set of records follows from its value before and
-the records alone, without touching the rest of the weights: a joiner picks blocks of its own
-(secret) choice, computes their exact values, and compares them bit for bit with a donor's
-snapshot. The arithmetic is the numpy reference (protocol/philox.py), not the backend that made
-the snapshot, and it is exact for the same reason replay is: integers of grid steps, summed
-exactly, times a power of two.
+A record's effect on element ``e`` of tensor ``t`` is ``-du_t(q) · z(e)`` grid steps, with
+``z`` from Philox at a counter that names the tensor and the element's block (docs/PROTOCOL.md
+§4-5). So the state of any element after a set of records follows from its state before and the
+records alone, without touching the rest of the model: a joiner picks blocks of its own
+(secret) choice, computes their exact state, and compares it with a donor's snapshot (whose
+tensors are the state: int64 grid steps). The arithmetic is the numpy reference
+(protocol/philox.py) in int64 with wrap-around, not the backend that made the snapshot, and it
+is exact for the same reason replay is: integer sums.
 
 Cost: one Philox evaluation per record and audited block (for a low-rank matrix, one per row
 block and column block the audited elements touch), independent of the model's size. Detection: a snapshot that differs
@@ -125,9 +125,9 @@ class _Records:
 
 def expected_block(
     engine: Engine, block: Block, now: torch.Tensor, records: Sequence[Record] | _Records
-) -> npt.NDArray[np.float32]:
-    """The exact values of ``block`` after ``records``, from its values ``now`` (fp32, the
-    block's valid elements) before them."""
+) -> npt.NDArray[np.int64]:
+    """The exact state of ``block`` after ``records``, from its state ``now`` (int64 grid
+    steps, the block's valid elements) before them."""
     recs = records if isinstance(records, _Records) else _Records.of(engine, records)
     grid = engine.grids[block.tensor]
     n = len(now)
@@ -147,9 +147,8 @@ def expected_block(
         # not a BLAS product: no float rounding, and no BLAS threads fighting the model's
         dot = np.einsum("r,rj->j", steps, bits, dtype=np.int64)
         total = int(steps.sum()) - 2 * dot
-    scale = float(np.ldexp(1.0, grid.exp))
-    exact = now.numpy().astype(np.float64) + total.astype(np.float64) * scale
-    return exact.astype(np.float32)
+    with np.errstate(over="ignore"):  # the state wraps modulo 2**64 (docs/PROTOCOL.md §5)
+        return now.numpy().astype(np.int64) + total
 
 
 def audit(
@@ -158,8 +157,8 @@ def audit(
     records: Sequence[Record],
     blocks: Sequence[Block],
 ) -> AuditResult:
-    """Compare ``state`` (a snapshot's tensors) at ``blocks`` with the engine's weights now
-    plus ``records``, bit for bit. The engine is left as it was."""
+    """Compare ``state`` (a snapshot's tensors: int64 grid steps) at ``blocks`` with the
+    engine's state now plus ``records``, exactly. The engine is left as it was."""
     recs = _Records.of(engine, records)
     mismatches = []
     elements = 0
@@ -169,12 +168,13 @@ def audit(
         hi = min(lo + BLOCK, param.numel())
         elements += hi - lo
         theirs = state.get(name)
-        if theirs is None or theirs.shape != param.shape or theirs.dtype != torch.float32:
+        if theirs is None or theirs.shape != param.shape or theirs.dtype != torch.int64:
             mismatches.append(b)  # not even the run's tensor
             continue
-        now = param.detach().reshape(-1)[lo:hi].to("cpu", torch.float32)
+        off = engine.layout.offsets[b.tensor]
+        now = engine.state[off + lo : off + hi].to("cpu")
         want = expected_block(engine, b, now, recs)
         got = theirs.reshape(-1)[lo:hi].numpy()
-        if want.view(np.uint32).tobytes() != got.view(np.uint32).tobytes():
+        if not np.array_equal(want, got):
             mismatches.append(b)
     return AuditResult(len(blocks), elements, tuple(mismatches))

@@ -1,16 +1,20 @@
 """Backends for the one primitive every update is made of.
 
-    accumulate(w, tensor_id, seeds, steps, scale):   w += scale * sum_r steps[r] * z(seeds[r])
+    accumulate(n, w, tensor_id, seeds, steps, scale):
+        n += sum_r steps[r] * z(seeds[r])          (int64 state, wrapping)
+        w  = fp32(n) * scale                        (the weights, rewritten from the state)
 
-``w`` is a flat fp32 tensor (a trainable parameter's storage), ``steps`` are whole grid steps.
-Perturbing, restoring, applying a batch of peer records and the fused restore-and-update of a ZO
-step are all calls of this with different (seed, steps) lists. With low-rank directions a
-matrix tensor (rows, cols) takes the same call in its own form:
+``n`` is a flat int64 tensor (a trainable tensor's state in grid steps, model/grid.py), ``w``
+the fp32 storage of the same elements, ``steps`` whole grid steps. Perturbing, restoring,
+applying a batch of peer records and the fused restore-and-update of a ZO step are all calls
+of this with different (seed, steps) lists. With low-rank directions a matrix tensor (rows,
+cols) takes the same call in its own form:
 
-    accumulate_lowrank(w, tensor_id, seeds, steps, scale):
-        w += scale * sum_r steps[r] * a(seeds[r]) b(seeds[r])^T  =  scale * A diag(steps) B^T
+    accumulate_lowrank(n, w, tensor_id, seeds, steps, scale):
+        n += sum_r steps[r] * a(seeds[r]) b(seeds[r])^T  =  A diag(steps) B^T
 
-an integer matrix product, exact because every partial sum is an integer below 2**24.
+an integer matrix product, exact because every partial sum is an integer below 2**24
+(layout.exact_batches), then added to the state once.
 
 Backends, all bit-identical (tests/unit/model/test_kernels.py):
   * ``torch``  : plain torch integer ops (signs.py); any device; the portable reference.
@@ -23,7 +27,6 @@ Backends, all bit-identical (tests/unit/model/test_kernels.py):
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +48,7 @@ class Backend(Protocol):
 
     def accumulate_flat(
         self,
+        state: torch.Tensor,
         flat: torch.Tensor,
         layout: FlatLayout,
         seeds: Sequence[int],
@@ -55,6 +59,7 @@ class Backend(Protocol):
 
     def accumulate(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
@@ -64,14 +69,20 @@ class Backend(Protocol):
 
     def accumulate_lowrank(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
         steps: Sequence[int],
         scale: float,
     ) -> None:
-        """``w`` is a (rows, cols) contiguous fp32 matrix; see the module docstring."""
+        """``n`` and ``w`` are (rows, cols) contiguous matrices; see the module docstring."""
         ...
+
+
+def _rewrite(n: torch.Tensor, w: torch.Tensor, scale: float) -> None:
+    """``w = fp32(n) * scale``: the weights of a slice, from its state (model/grid.py)."""
+    w.copy_(n.to(torch.float32)).mul_(scale)
 
 
 class TorchBackend:
@@ -84,6 +95,7 @@ class TorchBackend:
 
     def accumulate(
         self,
+        n_state: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
@@ -113,10 +125,12 @@ class TorchBackend:
                 acc = st.sum() - 2 * (bits * st).sum(0)
                 lo = b0 * BLOCK
                 hi = min(lo + nb * BLOCK, n)
-                w[lo:hi] += acc[: hi - lo].to(torch.float32) * scale
+                n_state[lo:hi] += acc[: hi - lo]
+                _rewrite(n_state[lo:hi], w[lo:hi], scale)
 
     def accumulate_lowrank(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
@@ -137,16 +151,18 @@ class TorchBackend:
         for r0 in range(0, rows, chunk):
             r1 = min(rows, r0 + chunk)
             a = _rows_of(live, tensor_id, r0, r1, device) * st.view(-1, 1)  # (R, r1-r0)
-            w[r0:r1] += (a.T @ b).to(torch.float32) * scale
+            n[r0:r1] += (a.T @ b).to(torch.int64)
+            _rewrite(n[r0:r1], w[r0:r1], scale)
 
     def accumulate_flat(
         self,
+        state: torch.Tensor,
         flat: torch.Tensor,
         layout: FlatLayout,
         seeds: Sequence[int],
         steps: npt.NDArray[np.int32],
     ) -> None:
-        _flat_by_tensor(self, flat, layout, seeds, steps)
+        _flat_by_tensor(self, state, flat, layout, seeds, steps)
 
 
 def _rows_of(
@@ -163,6 +179,7 @@ def _rows_of(
 
 def _flat_by_tensor(
     backend: Backend,
+    state: torch.Tensor,
     flat: torch.Tensor,
     layout: FlatLayout,
     seeds: Sequence[int],
@@ -174,13 +191,17 @@ def _flat_by_tensor(
         col = [int(s) for s in steps[:, t]]
         scale = float(layout.scales[t])
         if t in matrices:
-            backend.accumulate_lowrank(matrix_view(flat, matrices[t]), t, seeds, col, scale)
+            m = matrices[t]
+            backend.accumulate_lowrank(
+                matrix_view(state, m), matrix_view(flat, m), t, seeds, col, scale
+            )
         else:
-            backend.accumulate(flat[off : off + n], t, seeds, col, scale)
+            backend.accumulate(state[off : off + n], flat[off : off + n], t, seeds, col, scale)
 
 
 class CpuKernelBackend:
-    """The C kernel: one pass over the weights per call, split over threads by block range."""
+    """The C kernel: one pass over the state and weights per call, split over threads by block
+    range."""
 
     name = "cpu"
 
@@ -200,6 +221,7 @@ class CpuKernelBackend:
 
     def accumulate(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
@@ -208,10 +230,11 @@ class CpuKernelBackend:
     ) -> None:
         one = single_tensor(w.numel(), tensor_id, scale, seeds, steps)
         if one is not None:
-            self._run(w, *one, id_base=tensor_id)
+            self._run(n, w, *one, id_base=tensor_id)
 
     def accumulate_flat(
         self,
+        state: torch.Tensor,
         flat: torch.Tensor,
         layout: FlatLayout,
         seeds: Sequence[int],
@@ -222,8 +245,8 @@ class CpuKernelBackend:
         dense = layout.n_dense_blocks * BLOCK
         if dense:
             self._run(
-                flat[:dense], layout.block_tensor, layout.block_local, layout.scales,
-                list(seeds), steps,
+                state[:dense], flat[:dense], layout.block_tensor, layout.block_local,
+                layout.scales, list(seeds), steps,
             )  # fmt: skip
         if layout.matrices:
             jobs = []
@@ -231,11 +254,14 @@ class CpuKernelBackend:
                 col = steps[:, m.tensor_id]
                 if col.any():
                     scale = float(layout.scales[m.tensor_id])
-                    jobs += self._lowrank_jobs(matrix_view(flat, m), m.tensor_id, seeds, col, scale)
+                    jobs += self._lowrank_jobs(
+                        matrix_view(state, m), matrix_view(flat, m), m.tensor_id, seeds, col, scale
+                    )
             self._wait(jobs)
 
     def accumulate_lowrank(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
@@ -244,10 +270,11 @@ class CpuKernelBackend:
     ) -> None:
         col = np.asarray(steps, dtype=np.int32)
         if col.any():
-            self._wait(self._lowrank_jobs(w, tensor_id, seeds, col, scale))
+            self._wait(self._lowrank_jobs(n, w, tensor_id, seeds, col, scale))
 
     def _lowrank_jobs(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
@@ -255,8 +282,7 @@ class CpuKernelBackend:
         scale: float,
     ) -> list[tuple[Any, ...]]:
         """Calls of the C low-rank kernel for ``w``, split by rows over the threads."""
-        if w.device.type != "cpu" or w.dtype != torch.float32 or not w.is_contiguous():
-            raise ModelError("the CPU kernel needs a contiguous fp32 CPU tensor")
+        _check_cpu(n, w)
         rows, cols = w.shape
         if rows == 0 or cols == 0:
             return []
@@ -267,8 +293,8 @@ class CpuKernelBackend:
         parts = max(1, min(self.threads, work // self.min_split, -(-rows // BLOCK)))
         per = -(-rows // parts)
         return [
-            (w.data_ptr(), rows, cols, r0, min(rows, r0 + per), tensor_id, scale, seed_bytes,
-             step_bytes)
+            (w.data_ptr(), n.data_ptr(), rows, cols, r0, min(rows, r0 + per), tensor_id, scale,
+             seed_bytes, step_bytes)
             for r0 in range(0, rows, per)
         ]  # fmt: skip
 
@@ -281,6 +307,7 @@ class CpuKernelBackend:
 
     def _run(
         self,
+        state: torch.Tensor,
         w: torch.Tensor,
         block_tensor: torch.Tensor,
         block_local: torch.Tensor,
@@ -289,14 +316,14 @@ class CpuKernelBackend:
         steps: npt.NDArray[np.int32],
         id_base: int = 0,
     ) -> None:
-        """One pass over ``w``, split by block range over the threads (GIL released)."""
-        if w.device.type != "cpu" or w.dtype != torch.float32 or not w.is_contiguous():
-            raise ModelError("the CPU kernel needs a contiguous fp32 CPU tensor")
+        """One pass over ``state`` and ``w``, split by block range over the threads (GIL
+        released)."""
+        _check_cpu(state, w)
         n = w.numel()
         nb = -(-n // BLOCK)
         args = (
-            w.data_ptr(), n, block_tensor.data_ptr(), block_local.data_ptr(), id_base,
-            scales.data_ptr(),
+            w.data_ptr(), state.data_ptr(), n, block_tensor.data_ptr(), block_local.data_ptr(),
+            id_base, scales.data_ptr(),
             steps.shape[1], struct.pack(f"<{len(seeds)}Q", *seeds),
             np.ascontiguousarray(steps, dtype="<i4").tobytes(),
         )  # fmt: skip
@@ -317,6 +344,22 @@ class CpuKernelBackend:
         out = torch.empty(numel, dtype=torch.int8)
         self._k.signs(out.data_ptr(), numel, tensor_id, seed)
         return out
+
+
+def _check_cpu(n: torch.Tensor, w: torch.Tensor) -> None:
+    ok = (
+        w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and w.is_contiguous()
+        and n.device.type == "cpu"
+        and n.dtype == torch.int64
+        and n.is_contiguous()
+        and n.shape == w.shape
+    )
+    if not ok:
+        raise ModelError(
+            "the CPU kernel needs contiguous CPU tensors of one shape: int64 state, fp32 weights"
+        )
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -353,7 +396,3 @@ def make_backend(name: str, device: torch.device, *, threads: int = 0) -> Backen
 
         return TritonBackend()
     raise ModelError(f"unknown kernel {name!r}: choose auto, torch, cpu or triton")
-
-
-def scale_of(exp: int) -> float:
-    return math.ldexp(1.0, exp)

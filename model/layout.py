@@ -1,17 +1,27 @@
 """One flat buffer for all trainable weights, so every update is one pass and one kernel call.
 
 The trainable parameters become views into a single fp32 buffer, each starting on a 128-element
-sign block and padded to a whole block:
+sign block and padded to a whole block, and their state (model/grid.py: int64 grid steps) lives
+in a second buffer of the same layout:
 
-    flat = [ tensor 0 | pad ][ tensor 1 | pad ] ...          (n_blocks * 128 floats)
+    flat  = [ tensor 0 | pad ][ tensor 1 | pad ] ...         (n_blocks * 128 floats)
+    state = [ tensor 0 | pad ][ tensor 1 | pad ] ...         (n_blocks * 128 int64)
     block_tensor[b] = tensor id of block b                  (int32, n_blocks)
     block_local[b]  = index of block b within its tensor    (int32, n_blocks)
     scales[t]       = 2**e_t, the grid step of tensor t      (fp32, n_tensors)
+
+A kernel adds a batch's integer sum to ``state`` and rewrites the weights of the same elements
+as ``fp32(state) * scales[t]`` (model/grid.py).
 
 A kernel walks the blocks of ``flat`` once and, per block, regenerates the signs of every record
 from Philox(seed, (block_local[b], block_tensor[b], 0, 0)) -- exactly the per-tensor layout of
 docs/PROTOCOL.md, so packing changes nothing in the bits. Padding elements receive updates too;
 nothing ever reads them.
+
+Memory: 12 bytes per trainable element (4 of weights, 8 of state), against 4 before the state
+existed. For the usual trainable sets (biases and LayerNorms, adapters) that is a rounding
+error next to the frozen weights; for full-weight training it triples the trainable weights'
+footprint.
 
 With low-rank directions (the manifest's ``direction = "lowrank"``) every 2-D tensor takes its
 direction from two sign vectors instead (z = a b^T, docs/PROTOCOL.md). Those
@@ -32,7 +42,7 @@ import torch
 
 from seedswarm.protocol.philox import BLOCK
 
-from .grid import TensorGrid
+from .grid import TensorGrid, steps_of, weights_of_
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,7 @@ class FlatLayout:
     scales: torch.Tensor  # (n_tensors,) float32
     eps_steps: npt.NDArray[np.int64]  # (n_tensors,)
     unit_shift: npt.NDArray[np.int64]  # (n_tensors,)
+    exps: tuple[int, ...] = ()  # e_t of each tensor (scales[t] = 2**e_t)
     dense_blocks: int = -1  # blocks [0, dense_blocks) take dense signs (-1: all of them)
     matrices: tuple[Matrix, ...] = ()  # the low-rank tensors, after the dense region
 
@@ -94,9 +105,10 @@ EXACT_SUM = 1 << 24  # an fp32 holds every integer below this exactly
 def exact_batches(steps: npt.NDArray[np.int32]) -> list[tuple[int, int]]:
     """Split the records (rows) so that no tensor's summed |steps| reaches 2**24.
 
-    A kernel sums a batch's steps per element in int32 and converts the sum to fp32 once;
-    keeping sum_r |steps[r, t]| < 2**24 makes both exact, whatever the signs, so the result
-    cannot depend on how records were batched. With the default grids a batch of 256 records
+    A kernel sums a batch's steps per element in int32 (the Triton low-rank kernel: as an fp32
+    product) before it adds the sum to the int64 state once; keeping sum_r |steps[r, t]| < 2**24
+    makes every partial sum exact in both, whatever the signs and the order. The state itself
+    has no such limit (docs/PROTOCOL.md §5). With the default grids a batch of 256 records
     needs about 2**23 at most, so the split almost never happens.
     """
     if steps.shape[0] == 0:
@@ -121,10 +133,13 @@ def exact_batches(steps: npt.NDArray[np.int32]) -> list[tuple[int, int]]:
 
 def pack_(
     params: Sequence[torch.Tensor], grids: Sequence[TensorGrid], *, lowrank: bool = False
-) -> tuple[torch.Tensor, FlatLayout]:
-    """Move ``params`` into one padded fp32 buffer (in place: they become views of it).
+) -> tuple[torch.Tensor, torch.Tensor, FlatLayout]:
+    """Move ``params`` into one padded fp32 buffer (in place: they become views of it) and
+    make their state: ``(weights, state, layout)``.
 
-    ``lowrank``: 2-D tensors get low-rank directions and are packed after the others.
+    The state is ``round_half_even(param / 2**e_t)`` in int64 (the snapped base), and the
+    weights are rewritten from it, so they come out snapped. ``lowrank``: 2-D tensors get
+    low-rank directions and are packed after the others.
     """
     device = params[0].device
     is_matrix = [lowrank and p.dim() == 2 for p in params]
@@ -138,12 +153,14 @@ def pack_(
         total_blocks += -(-numels[t] // BLOCK)
     dense_blocks = sum(-(-numels[t] // BLOCK) for t in order if not is_matrix[t])
     flat = torch.zeros(total_blocks * BLOCK, dtype=torch.float32, device=device)
+    state = torch.zeros(total_blocks * BLOCK, dtype=torch.int64, device=device)
     block_tensor = np.empty(total_blocks, dtype=np.int32)
     block_local = np.empty(total_blocks, dtype=np.int32)
     with torch.no_grad():
-        for t, (p, off, n) in enumerate(zip(params, offsets, numels, strict=True)):
+        for t, (p, g, off, n) in enumerate(zip(params, grids, offsets, numels, strict=True)):
             view = flat[off : off + n]
-            view.copy_(p.data.reshape(-1))
+            state[off : off + n] = steps_of(p.data.reshape(-1), g.exp)
+            weights_of_(view, state[off : off + n], g.exp)
             p.data = view.view(p.shape)
             nb = -(-n // BLOCK)
             first = off // BLOCK
@@ -158,6 +175,7 @@ def pack_(
         scales=torch.tensor([g.scale for g in grids], dtype=torch.float32, device=device),
         eps_steps=np.array([g.eps_steps for g in grids], dtype=np.int64),
         unit_shift=np.array([g.unit_shift for g in grids], dtype=np.int64),
+        exps=tuple(g.exp for g in grids),
         dense_blocks=dense_blocks,
         matrices=tuple(
             Matrix(t, offsets[t], int(params[t].shape[0]), int(params[t].shape[1]))
@@ -165,7 +183,7 @@ def pack_(
             if is_matrix[t]
         ),
     )
-    return flat, layout
+    return flat, state, layout
 
 
 def matrix_view(flat: torch.Tensor, m: Matrix) -> torch.Tensor:

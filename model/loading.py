@@ -157,6 +157,12 @@ def _quiet() -> Any:
             hf_logging.enable_progress_bar()
 
 
+def quiet() -> Any:
+    """A context in which transformers prints no warnings below errors and no progress bars
+    (saving and loading through its API, where the CLI's output must stay clean)."""
+    return _quiet()
+
+
 def hf_logging_module() -> Any:
     """transformers.utils.logging (untyped), for quieting its warnings and progress bars."""
     import importlib
@@ -196,6 +202,27 @@ def tiny_config() -> Any:
     )
 
 
+# torch's CPU generator is one per process. Seeded initialisations (and peft, which draws from
+# it while it injects an adapter) hold this lock, so engines built at the same time in one
+# process (nodes side by side on their model threads, as the in-process tests run them) cannot
+# interleave their draws and build different bases.
+GLOBAL_RNG = threading.Lock()
+
+
+@contextlib.contextmanager
+def _seeded(init_seed: int) -> Any:
+    """A model built inside draws from torch's CPU generator seeded with ``init_seed``, quietly,
+    under ``GLOBAL_RNG``; the generator's state is restored after."""
+    with GLOBAL_RNG:
+        cpu_state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(init_seed)
+            with _quiet():
+                yield
+        finally:
+            torch.random.set_rng_state(cpu_state)
+
+
 def tiny_model(init_seed: int) -> torch.nn.Module:
     """A 2-layer, 64-wide GPT-2 (about 120k parameters), initialised from ``init_seed``.
 
@@ -204,27 +231,16 @@ def tiny_model(init_seed: int) -> torch.nn.Module:
     """
     from transformers import GPT2LMHeadModel
 
-    cpu_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(init_seed)
-        with _quiet():
-            model = GPT2LMHeadModel(tiny_config())
-    finally:
-        torch.random.set_rng_state(cpu_state)
-    return model
+    with _seeded(init_seed):
+        return GPT2LMHeadModel(tiny_config())
 
 
 def opt125m_model(init_seed: int) -> torch.nn.Module:
     """OPT-125m's architecture (transformers' OPTConfig defaults), randomly initialised."""
     from transformers import OPTConfig, OPTForCausalLM
 
-    cpu_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(init_seed)
-        with _quiet():
-            model: torch.nn.Module = OPTForCausalLM(OPTConfig(dropout=0.0, attention_dropout=0.0))
-    finally:
-        torch.random.set_rng_state(cpu_state)
+    with _seeded(init_seed):
+        model: torch.nn.Module = OPTForCausalLM(OPTConfig(dropout=0.0, attention_dropout=0.0))
     return model
 
 

@@ -35,6 +35,7 @@ from seedswarm.protocol.records import Record
 from .data import sample_batch
 from .engine import Engine
 from .errors import ModelError
+from .grid import Headroom
 from .tasks import Examples
 
 
@@ -48,6 +49,7 @@ class StepOutcome:
     applied: int  # peer records applied in the same pass
     seconds: float
     vv: Mapping[str, int]  # what the model holds afterwards (a copy)
+    headroom: Headroom  # how far the state is from the end of its exact range
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +57,9 @@ class Capture:
     """Everything a snapshot needs, taken at one instant."""
 
     vv: Mapping[str, int]
-    state: dict[str, torch.Tensor]  # CPU copies of the trainable tensors
+    state: dict[str, torch.Tensor]  # CPU copies of the trainable tensors' state (int64)
     fingerprint: str
-    headroom_bits: float
-    headroom_tensor: str
+    headroom: Headroom  # measured from the state at this instant
 
 
 class Replica:
@@ -95,11 +96,18 @@ class Replica:
         seeds = [e.seed_of(self.node, first + i) for i in range(e.records_per_step)]
         idx = sample_batch(seeds[0], len(self.examples), self.batch_size)
         batch = e.task_model.make_batch(self.examples.subset(idx))
-        result = e.step(seeds, batch, pending)
+        held = sum(self._vv.values()) + len(pending)  # what the step's view holds
+        result = e.step(seeds, batch, pending, held=held)
         _advance(self._vv, pending)
         self._vv[self.node] = first + len(result.qs)
         return StepOutcome(
-            first, result.qs, result.loss, len(pending), time.monotonic() - t0, self.vv
+            first,
+            result.qs,
+            result.loss,
+            len(pending),
+            time.monotonic() - t0,
+            self.vv,
+            e.headroom(),
         )
 
     def apply(self, records: Sequence[Record], *, batch: int = 256) -> Mapping[str, int]:
@@ -148,17 +156,20 @@ class Replica:
 
     # -- state -------------------------------------------------------------------------------
 
+    def headroom(self) -> Headroom:
+        """How far the state is from the end of its exact range (a guaranteed bound, cheap)."""
+        return self.engine.headroom()
+
     def fingerprint(self) -> tuple[dict[str, int], str]:
         """The weights' hash and the version vector it belongs to, together."""
         return self.vv, self.engine.fingerprint()
 
     def capture(self) -> Capture:
         e = self.engine
-        bits, tensor = e.headroom()
-        return Capture(self.vv, e.trainable_state(), e.fingerprint(), bits, tensor)
+        return Capture(self.vv, e.trainable_state(), e.fingerprint(), e.headroom(measure=True))
 
     def load(self, state: dict[str, torch.Tensor], vv: Mapping[str, int], fingerprint: str) -> bool:
-        """Take a snapshot's weights as the state at ``vv``, if they hash to ``fingerprint``.
+        """Take a snapshot's state as the state at ``vv``, if it hashes to ``fingerprint``.
 
         Returns False (and changes nothing) when they do not or do not fit the run. The hash
         is taken of ``state`` before it is loaded, so a refused snapshot costs no copy.

@@ -12,9 +12,15 @@ Zeroth-order training only moves a model that already ranks the right answer som
                            ("a positive review"), divided by a temperature.
   * ``classify`` / ``head``  fallback: a new linear head on the mean-pooled encoder output,
                            initialised from the manifest's ``init_seed``.
+  * ``completion``         prompt -> completion pairs or chats: cross-entropy on the completion
+                           tokens only (completion.py).
 
 Every scorer gives logits of shape (B, num_labels) and the loss is their cross-entropy, so
 accuracy and loss mean the same thing whichever scorer is used.
+
+With an adapter (the manifest's ``adapter``; adapters.py) the backbone gets LoRA layers, and
+the parameters fall in two named sets: the base's (``base_weights``: frozen, hashed as the
+base) and the adapter's (``adapter_weights``: what trains).
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from seedswarm.protocol.manifest import TaskSpec
+from seedswarm.protocol.manifest import AdapterSpec, TaskSpec
 
+from . import completion
+from .adapters import Adapter, attach
+from .completion import Completion
 from .data import RawData
 from .errors import DataError, ModelError
 from .loading import Loaded
@@ -38,18 +47,24 @@ DEFAULT_TEMPLATES = {"lm": "{text} It was", "mlm": "{text} It was {mask}."}
 
 @dataclass(frozen=True, slots=True)
 class Examples:
-    """Prepared data: token chunks (causal LM) or (text, label id) pairs (classification)."""
+    """Prepared data: token chunks (causal LM), (text, label id) pairs (classification), or
+    tokenised prompt -> completion examples."""
 
     chunks: torch.Tensor | None = None  # (N, seq_len) int64
     texts: tuple[str, ...] = ()
     labels: tuple[int, ...] = ()
+    completions: tuple[Completion, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.chunks) if self.chunks is not None else len(self.texts)
+        if self.chunks is not None:
+            return len(self.chunks)
+        return len(self.completions) if self.completions else len(self.texts)
 
     def subset(self, indices: Sequence[int]) -> Examples:
         if self.chunks is not None:
             return Examples(chunks=self.chunks[list(indices)])
+        if self.completions:
+            return Examples(completions=tuple(self.completions[i] for i in indices))
         return Examples(
             texts=tuple(self.texts[i] for i in indices),
             labels=tuple(self.labels[i] for i in indices),
@@ -66,7 +81,14 @@ def default_task(
     template: str = "",
     temperature: float = 0.05,
 ) -> TaskSpec:
-    """The task a data set implies, with defaults a user can override one by one."""
+    """The task a data set implies, with defaults a user can override one by one.
+
+    Prompt -> completion data gives a ``completion`` task (``template``, if given, formats its
+    plain prompts; chats make a chat task); text gives ``causal_lm``; labelled text gives
+    ``classify``."""
+    if raw.is_completion:
+        chat = raw.chats is not None
+        return TaskSpec(kind="completion", seq_len=seq_len, template=template, chat=chat)
     if raw.labels is None:
         return TaskSpec(kind="causal_lm", seq_len=seq_len)
     names = tuple(labels) or label_names(raw.labels)
@@ -105,6 +127,13 @@ def label_names(raw_labels: Sequence[str]) -> tuple[str, ...]:
 
 def prepare(raw: RawData, spec: TaskSpec, tokenizer: Any) -> Examples:
     """Turn raw data into examples for ``spec``."""
+    if spec.kind == "completion":
+        return Examples(completions=completion.prepare(raw, spec, tokenizer))
+    if raw.is_completion:
+        raise DataError(
+            f"this data is prompt -> completion; a {spec.kind} task needs "
+            + ("text" if spec.kind == "causal_lm" else "text with labels")
+        )
     if spec.kind == "causal_lm":
         eos = tokenizer.eos_token_id
         ids: list[int] = []
@@ -135,9 +164,18 @@ def prepare(raw: RawData, spec: TaskSpec, tokenizer: Any) -> Examples:
 class TaskModel(torch.nn.Module):
     """The backbone plus whatever the task adds; ``loss`` and ``logits`` run forward passes."""
 
-    def __init__(self, loaded: Loaded, spec: TaskSpec, *, init_seed: int) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        spec: TaskSpec,
+        *,
+        init_seed: int,
+        adapter: AdapterSpec | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = loaded.model
+        # the base's parameters by their names, before an adapter renames what it wraps
+        self._base: list[tuple[str, torch.nn.Parameter]] = list(self.backbone.named_parameters())
         self.tokenizer = loaded.tokenizer
         self.spec = spec
         self.kind = loaded.kind
@@ -146,11 +184,14 @@ class TaskModel(torch.nn.Module):
         self._label_ids: list[int] = []
         self._prompt_suffix = ""
         self._desc: dict[str, torch.Tensor] | None = None
+        self.adapter: Adapter | None = None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if spec.kind == "causal_lm":
+        if spec.kind in ("causal_lm", "completion"):
             if self.kind != "lm":
-                raise ModelError("a causal-LM task needs a causal LM (this model has no LM head)")
+                what = "causal-LM" if spec.kind == "causal_lm" else "completion"
+                raise ModelError(f"a {what} task needs a causal LM (this model has no LM head)")
+            self._attach(adapter, init_seed)
             return
         needed = {"lm": "lm", "mlm": "mlm", "embed": "embed", "head": "embed"}[spec.scorer]
         if needed != self.kind:
@@ -171,15 +212,46 @@ class TaskModel(torch.nn.Module):
                 self.head.weight.copy_(torch.randn(self.head.weight.shape, generator=gen) * 0.02)
                 self.head.bias.zero_()
             self.head.requires_grad_(False)
+        self._attach(adapter, init_seed)
+
+    def _attach(self, adapter: AdapterSpec | None, init_seed: int) -> None:
+        if adapter is not None:
+            if self.head is not None:
+                raise ModelError("an adapter cannot train a new head (use another scorer)")
+            self.adapter = attach(self.backbone, adapter, init_seed=init_seed)
 
     # -- parameters ------------------------------------------------------------------------
 
-    def named_weights(self) -> list[tuple[str, torch.Tensor]]:
-        """Every parameter by the name the manifest and snapshots use, sorted by name."""
-        out = [(n, p) for n, p in self.backbone.named_parameters()]
+    def base_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The base's parameters (and a new head's), sorted by name: what the base hash is
+        over. Names are the backbone's ``named_parameters()`` before any adapter."""
+        out: list[tuple[str, torch.Tensor]] = [(n, p) for n, p in self._base]
         if self.head is not None:
             out += [(f"head.{n}", p) for n, p in self.head.named_parameters()]
         return sorted(out, key=lambda np_: np_[0])
+
+    def adapter_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The adapter's tensors (``<module>.lora_A.weight``, ...), sorted; none without one."""
+        return [] if self.adapter is None else list(self.adapter.named)
+
+    def named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """Every parameter by the name the manifest and snapshots use, sorted by name."""
+        return sorted(self.base_weights() + self.adapter_weights(), key=lambda np_: np_[0])
+
+    def trainable_candidates(self) -> list[tuple[str, torch.Tensor]]:
+        """What the manifest's ``trainable`` selects from: the adapter's tensors when there
+        is an adapter (the base stays frozen), else every parameter."""
+        return self.adapter_weights() if self.adapter is not None else self.named_weights()
+
+    @property
+    def label_token_ids(self) -> tuple[int, ...]:
+        """The token scored for each label (the first token of its word), lm and mlm scorers."""
+        return tuple(self._label_ids)
+
+    @property
+    def prompt_suffix(self) -> str:
+        """What is appended to the formatted template (a space the label words' tokens lost)."""
+        return self._prompt_suffix
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -199,7 +271,9 @@ class TaskModel(torch.nn.Module):
             raise ModelError(f"label words {list(words)} do not start with distinct tokens")
         return ids
 
-    def _prompts(self, texts: Sequence[str]) -> list[str]:
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        """The texts as the lm and mlm scorers give them to the model: the template filled in
+        (with the tokenizer's mask token for ``{mask}``), and the prompt suffix."""
         mask = getattr(self.tokenizer, "mask_token", None) or ""
         tpl = self.spec.template or "{text}"
         return [tpl.format(text=t, mask=mask) + self._prompt_suffix for t in texts]
@@ -208,11 +282,17 @@ class TaskModel(torch.nn.Module):
         device = self.device
         if ex.chunks is not None:
             return {"input_ids": ex.chunks.to(device)}
+        if self.spec.kind == "completion":
+            if not ex.completions and len(ex):
+                raise DataError("a completion task needs prompt -> completion examples")
+            return completion.make_batch(
+                ex.completions, self.spec.seq_len, self.tokenizer.pad_token_id, device
+            )
         tok = self.tokenizer
         side = "left" if self.spec.scorer in ("lm", "mlm") else "right"
         tok.truncation_side = side  # keep the prompt's end, where the label is scored
         enc = tok(
-            self._prompts(ex.texts) if self.spec.scorer in ("lm", "mlm") else list(ex.texts),
+            self.prompts(ex.texts) if self.spec.scorer in ("lm", "mlm") else list(ex.texts),
             padding=True,
             truncation=True,
             max_length=self.spec.seq_len,
@@ -240,8 +320,26 @@ class TaskModel(torch.nn.Module):
                 ids = batch["input_ids"]
                 out = self.backbone(input_ids=ids, labels=ids)
                 return float(out.loss.float().item())
+            if self.spec.kind == "completion":
+                total, tokens = completion.loss_sum(self.backbone, batch)
+                return total / tokens
             logits = self.logits(batch)
             return float(F.cross_entropy(logits.float(), batch["labels"]).item())
+
+    @torch.no_grad()
+    def completion_loss_sum(self, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+        """(summed cross-entropy, tokens) over a completion batch's completion tokens."""
+        with self._autocast():
+            return completion.loss_sum(self.backbone, batch)
+
+    @torch.no_grad()
+    def answers(self, ex: Examples) -> list[str]:
+        """Greedy answers to the examples' prompts (completion.py), one at a time."""
+        with self._autocast():
+            return [
+                completion.greedy_answer(self.backbone, self.tokenizer, c, self.spec.seq_len)
+                for c in ex.completions
+            ]
 
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

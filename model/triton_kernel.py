@@ -1,4 +1,4 @@
-"""The CUDA backend: Philox4x32-10 signs fused with scale-and-add, in Triton.
+"""The CUDA backend: Philox4x32-10 signs fused with the state update, in Triton.
 
 Same contract and same bits as kernels.TorchBackend and the C kernel. One kernel serves both
 the packed buffer of all trainable weights (model/layout.py) and a single tensor (a layout of
@@ -11,15 +11,16 @@ one tensor). A program handles ``TILE`` sign blocks of 128 elements:
     arithmetically is 0 or -1; ``acc += s & m`` sums s_r over the records whose bit is set,
     and ``sum_r s_r z_r = sum_r s_r - 2 * acc`` at the end: four integer ops per element and
     record, no multiply;
-  * all R records are summed in int32 registers before one read-modify-write of the weights,
-    so a batch reads and writes each weight once.
+  * all R records are summed in int32 registers before one read-modify-write of the int64
+    state, and the weights are rewritten from it (``w = fp32(n) * scale``, model/grid.py), so
+    a batch reads the state and writes state and weights once per element.
 
 Low-rank directions (``_lowrank_kernel``): the update of a matrix by R records is the product
 A' B with A' = (R, rows) the a-signs times each record's steps and B = (R, cols) the b-signs
 (both made by signs.sign_matrix on the device). Each program computes one (BM, BN) tile with
 ``tl.dot(..., input_precision="ieee")``: plain fp32 multiply-adds, no TF32, whose partial sums
 are integers below 2**24 and therefore exact in any order; the tile is then added to the
-weights once.
+state once and the weights rewritten from it.
 """
 
 from __future__ import annotations
@@ -77,8 +78,16 @@ if _HAVE_TRITON:
         return acc + (s & m)
 
     @triton.jit
+    def _commit(w_ptr, n_ptr, offs, mask, acc, scale):  # type: ignore[no-untyped-def]
+        # n += acc (int64, wrapping); w = fp32(n) * scale (cvt.rn: nearest, ties to even)
+        n = tl.load(n_ptr + offs, mask=mask, other=0) + acc.to(tl.int64)
+        tl.store(n_ptr + offs, n, mask=mask)
+        tl.store(w_ptr + offs, n.to(tl.float32) * scale, mask=mask)
+
+    @triton.jit
     def _accumulate_kernel(  # type: ignore[no-untyped-def]
         w_ptr,
+        n_ptr,
         block_tensor_ptr,
         block_local_ptr,
         id_base,
@@ -124,25 +133,18 @@ if _HAVE_TRITON:
         scale = tl.load(scales_ptr + tensor, mask=live, other=0.0)[:, None]
         base = blocks.to(tl.int64)[:, None] * 128 + lane  # (TILE, 32)
         offs = base
-        mask = live[:, None] & (offs < n_elements)
-        v = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        tl.store(w_ptr + offs, v + acc0.to(tl.float32) * scale, mask=mask)
+        _commit(w_ptr, n_ptr, offs, live[:, None] & (offs < n_elements), acc0, scale)
         offs = base + 32
-        mask = live[:, None] & (offs < n_elements)
-        v = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        tl.store(w_ptr + offs, v + acc1.to(tl.float32) * scale, mask=mask)
+        _commit(w_ptr, n_ptr, offs, live[:, None] & (offs < n_elements), acc1, scale)
         offs = base + 64
-        mask = live[:, None] & (offs < n_elements)
-        v = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        tl.store(w_ptr + offs, v + acc2.to(tl.float32) * scale, mask=mask)
+        _commit(w_ptr, n_ptr, offs, live[:, None] & (offs < n_elements), acc2, scale)
         offs = base + 96
-        mask = live[:, None] & (offs < n_elements)
-        v = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        tl.store(w_ptr + offs, v + acc3.to(tl.float32) * scale, mask=mask)
+        _commit(w_ptr, n_ptr, offs, live[:, None] & (offs < n_elements), acc3, scale)
 
     @triton.jit
     def _lowrank_kernel(  # type: ignore[no-untyped-def]
         w_ptr,
+        n_ptr,
         a_ptr,
         b_ptr,
         rows,
@@ -167,8 +169,7 @@ if _HAVE_TRITON:
             acc = tl.dot(a, b, acc, input_precision="ieee")  # (BM, BK) @ (BK, BN)
         offs = rm[:, None] * cols + rn[None, :]
         mask = (rm[:, None] < rows) & (rn[None, :] < cols)
-        v = tl.load(w_ptr + offs, mask=mask, other=0.0)
-        tl.store(w_ptr + offs, v + acc * scale, mask=mask)
+        _commit(w_ptr, n_ptr, offs, mask, acc, scale)  # acc: whole numbers below 2**24
 
 
 class TritonBackend:
@@ -184,6 +185,7 @@ class TritonBackend:
 
     def accumulate(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
@@ -193,13 +195,14 @@ class TritonBackend:
         """One tensor, as a one-column layout whose counter names ``tensor_id``."""
         one = single_tensor(w.numel(), tensor_id, scale, seeds, steps, device=w.device)
         if one is not None:
-            self._check(w)
+            self._check(n, w)
             block_tensor, block_local, scales, live_seeds, matrix = one
-            self._launch(w, block_tensor.numel(), block_tensor, block_local, scales, live_seeds,
-                         matrix, id_base=tensor_id)  # fmt: skip
+            self._launch(n, w, block_tensor.numel(), block_tensor, block_local, scales,
+                         live_seeds, matrix, id_base=tensor_id)  # fmt: skip
 
     def accumulate_flat(
         self,
+        state: torch.Tensor,
         flat: torch.Tensor,
         layout: FlatLayout,
         seeds: Sequence[int],
@@ -207,29 +210,32 @@ class TritonBackend:
     ) -> None:
         if not len(seeds):
             return
-        self._check(flat)
+        self._check(state, flat)
         dense = layout.n_dense_blocks
         if dense:
-            self._launch(flat[: dense * 128], dense, layout.block_tensor, layout.block_local,
-                         layout.scales, seeds, steps)  # fmt: skip
+            self._launch(state[: dense * 128], flat[: dense * 128], dense, layout.block_tensor,
+                         layout.block_local, layout.scales, seeds, steps)  # fmt: skip
         for m in layout.matrices:
             col = [int(x) for x in steps[:, m.tensor_id]]
             scale = float(layout.scales[m.tensor_id])
-            self.accumulate_lowrank(matrix_view(flat, m), m.tensor_id, seeds, col, scale)
+            self.accumulate_lowrank(
+                matrix_view(state, m), matrix_view(flat, m), m.tensor_id, seeds, col, scale
+            )
 
     def accumulate_lowrank(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         tensor_id: int,
         seeds: Sequence[int],
         steps: Sequence[int],
         scale: float,
     ) -> None:
-        """w += scale * A' B for a (rows, cols) matrix (see the module docstring)."""
+        """n += A' B, w = fp32(n) * scale for a (rows, cols) matrix (the module docstring)."""
         pairs = [(s, k) for s, k in zip(seeds, steps, strict=True) if k]
         if not pairs or w.numel() == 0:
             return
-        self._check(w)
+        self._check(n, w)
         rows, cols = w.shape
         dev = w.device
         live = [s for s, _ in pairs]
@@ -239,16 +245,30 @@ class TritonBackend:
         bm, bn, bk = 64, 64, 32
         grid = (-(-rows // bm), -(-cols // bn))
         _lowrank_kernel[grid](
-            w, a.contiguous(), b.contiguous(), rows, cols, len(live), scale, BM=bm, BN=bn, BK=bk,
+            w, n, a.contiguous(), b.contiguous(), rows, cols, len(live), scale, BM=bm, BN=bn,
+            BK=bk,
         )  # fmt: skip
 
     @staticmethod
-    def _check(w: torch.Tensor) -> None:
-        if w.device.type != "cuda" or w.dtype != torch.float32 or not w.is_contiguous():
-            raise ModelError("the triton kernel needs a contiguous fp32 CUDA tensor")
+    def _check(n: torch.Tensor, w: torch.Tensor) -> None:
+        ok = (
+            w.device.type == "cuda"
+            and w.dtype == torch.float32
+            and w.is_contiguous()
+            and n.device == w.device
+            and n.dtype == torch.int64
+            and n.is_contiguous()
+            and n.shape == w.shape
+        )
+        if not ok:
+            raise ModelError(
+                "the triton kernel needs contiguous CUDA tensors of one shape: int64 state, "
+                "fp32 weights"
+            )
 
     def _launch(
         self,
+        n: torch.Tensor,
         w: torch.Tensor,
         n_blocks: int,
         block_tensor: torch.Tensor,
@@ -265,7 +285,7 @@ class TritonBackend:
         )
         grid = (-(-n_blocks // self.tile),)
         _accumulate_kernel[grid](
-            w, block_tensor, block_local, id_base, scales, keys, st, len(seeds), st.shape[1], n_blocks,
+            w, n, block_tensor, block_local, id_base, scales, keys, st, len(seeds), st.shape[1], n_blocks,
             w.numel(), TILE=self.tile, num_warps=self.warps,
         )  # fmt: skip
 

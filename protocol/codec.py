@@ -47,8 +47,41 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not allowed", reason="bad_type")
 
 
+def _no_timestamp(value: Any) -> None:
+    # msgpack-python turns the timestamp extension (type -1) into a value instead of calling
+    # the ext hook: refuse it wherever it appears, as every other extension type
+    if isinstance(value, msgpack.Timestamp):
+        raise DecodeError("msgpack extension type -1 is not allowed", reason="bad_type")
+
+
+def _list(items: list[Any]) -> list[Any]:
+    for v in items:
+        _no_timestamp(v)
+    return items
+
+
+def _map(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """A msgpack map: its keys are text (``bad_type``) and distinct (``malformed``), so every
+    implementation reads one map the same way (no "last key wins")."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if not isinstance(k, str):
+            raise DecodeError(f"a map key must be text, not {type(k).__name__}", reason="bad_type")
+        if k in out:
+            raise DecodeError(f"a map repeats the key {k[:40]!r}", reason="malformed")
+        _no_timestamp(v)
+        out[k] = v
+    return out
+
+
 def _unpack_first(data: bytes, *, max_bytes: int) -> tuple[Any, bytes]:
-    """The first msgpack value in untrusted ``data`` and the bytes after it."""
+    """The first msgpack value in untrusted ``data`` and the bytes after it.
+
+    Faults are found front to back; the first one gives the reason: a value, length or count
+    that runs past the end ``truncated``; a byte msgpack does not use (0xc1), text that is not
+    UTF-8, nesting deeper than 1024 arrays and maps, a map that repeats a key ``malformed``; an extension type (timestamps included) or a map key that is not text
+    ``bad_type`` (docs/PROTOCOL.md §9).
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}", reason="bad_type")
     if len(data) > max_bytes:
@@ -60,28 +93,39 @@ def _unpack_first(data: bytes, *, max_bytes: int) -> tuple[Any, bytes]:
             data,
             raw=False,
             use_list=True,
-            strict_map_key=True,
+            strict_map_key=False,  # _map checks the keys (one reason for every non-text key)
+            object_pairs_hook=_map,
+            list_hook=_list,
             ext_hook=_no_ext,
             max_str_len=max_bytes,
             max_bin_len=max_bytes,
             max_array_len=max_bytes,
             max_map_len=max_bytes,
-            max_ext_len=0,
+            max_ext_len=max_bytes,
         )
     except ProtocolError:
         raise
     except msgpack.ExtraData as exc:
+        _no_timestamp(exc.unpacked)
         return exc.unpacked, bytes(exc.extra)
     except (ValueError, msgpack.UnpackException) as exc:
-        reason = "truncated" if "incomplete" in str(exc).lower() else "malformed"
+        text = str(exc).lower()
+        if "timestamp" in text:  # an ext -1 of a length no timestamp has
+            raise DecodeError(
+                "msgpack extension type -1 is not allowed", reason="bad_type"
+            ) from exc
+        # a length or count beyond max_bytes is beyond the end of the payload too: truncated
+        reason = "truncated" if "incomplete" in text or "exceeds max_" in text else "malformed"
         raise DecodeError(f"not valid msgpack: {exc}", reason=reason) from exc
     except Exception as exc:  # msgpack raises assorted types on hostile input
         raise DecodeError(f"not valid msgpack: {type(exc).__name__}", reason="malformed") from exc
+    _no_timestamp(value)
     return value, b""
 
 
 def unpack_strict(data: bytes, *, max_bytes: int) -> Any:
-    """Unpack one msgpack value from untrusted bytes, translating every failure to DecodeError."""
+    """One msgpack value from untrusted bytes and nothing after it, every failure a
+    DecodeError (the retained manifest's reader, protocol/retained.py)."""
     value, extra = _unpack_first(data, max_bytes=max_bytes)
     if extra:
         raise DecodeError("trailing bytes after the message", reason="malformed")

@@ -19,6 +19,12 @@ third party, taken in an open run while the author was away. When the author com
 provisional records are given back (``retract``) and asked for again from their author, so a
 third party's copy never blocks the copy its author publishes.
 
+Per node it also keeps the *content digest* of its prefix: a hash of the bytes ``q`` of seqs
+``0 .. next_seq-1`` (docs/PROTOCOL.md §8), updated as records arrive and recomputed when a
+prefix is cut. Two logs with equal version vectors and equal content digests hold the same
+records; presence carries a digest over all of them, so replicas that hold equal vectors but
+different bytes (a tampering relay, in an open run) find out.
+
 Invariants:
   * A ``(node, seq)`` holds one byte while it is held. A second, different byte is
     equivocation: the frame that carries it is rejected as a whole and nothing of it is stored.
@@ -32,6 +38,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,16 +62,46 @@ class Offered:
     beyond_gap: bool = False  # it starts after the prefix: nothing was kept
 
 
+CONTENT_DOMAIN = b"seedswarm/content/v1"
+CONTENT_BYTES = 16
+
+
+def content_start(node: str) -> hashlib._Hash:
+    """The content digest's hash before any record of ``node`` (docs/PROTOCOL.md §8)."""
+    raw = node.encode()
+    return hashlib.sha256(CONTENT_DOMAIN + bytes([len(raw)]) + raw)
+
+
+def content_digest(node: str, qs: bytes) -> bytes:
+    """16 bytes naming the records ``qs`` (one two's-complement byte per record, seqs 0, 1, ..)
+    of ``node``: SHA-256(domain || u8(len(node)) || node || qs), cut."""
+    h = content_start(node)
+    h.update(qs)
+    return h.digest()[:CONTENT_BYTES]
+
+
 @dataclass(slots=True)
 class _NodeLog:
+    name: str = ""
     held: bytearray = field(default_factory=bytearray)
     run_firsts: list[int] = field(default_factory=list)  # clock runs over the held prefix
     run_clocks: list[int] = field(default_factory=list)
     trusted: int = 0  # records below this came from their author
+    hasher: hashlib._Hash | None = None  # the content hash over held[:hashed]
+    hashed: int = 0
 
     @property
     def next_seq(self) -> int:
         return len(self.held)
+
+    def content(self) -> bytes:
+        """The content digest of the held prefix (hashing only what came since last time)."""
+        if self.hasher is None:
+            self.hasher, self.hashed = content_start(self.name), 0
+        if self.hashed < len(self.held):
+            self.hasher.update(self.held[self.hashed :])
+            self.hashed = len(self.held)
+        return self.hasher.copy().digest()[:CONTENT_BYTES]
 
     def clock_of(self, seq: int) -> int:
         return self.run_clocks[bisect.bisect_right(self.run_firsts, seq) - 1]
@@ -81,6 +118,8 @@ class _NodeLog:
         del self.run_firsts[cut:]
         del self.run_clocks[cut:]
         self.trusted = min(self.trusted, seq)
+        if seq < self.hashed:  # the hash covers records no longer held: start it again
+            self.hasher, self.hashed = None, 0
 
 
 class OrderedLog:
@@ -109,6 +148,23 @@ class OrderedLog:
     def held_count(self) -> int:
         return self._held_total
 
+    def content(self, node: str) -> bytes:
+        """The content digest of ``node``'s held prefix (16 bytes)."""
+        n = self._nodes.get(node)
+        return content_digest(node, b"") if n is None else n.content()
+
+    def content_at(self, node: str, end: int) -> bytes:
+        """The content digest of ``node``'s first ``end`` records (``end`` <= its next seq)."""
+        n = self._nodes.get(node)
+        held = b"" if n is None else bytes(n.held[:end])
+        if len(held) != end:
+            raise ValueError(f"{node}: {end} records asked for, {len(held)} held")
+        return content_digest(node, held)
+
+    def held_content(self) -> dict[str, tuple[int, bytes]]:
+        """``{node: (next_seq, content digest)}`` for every node with records, sorted."""
+        return {k: (v.next_seq, v.content()) for k, v in sorted(self._nodes.items()) if v.next_seq}
+
     def provisional(self, node: str) -> int:
         """How many of ``node``'s records are provisional (copies from a third party)."""
         n = self._nodes.get(node)
@@ -133,18 +189,20 @@ class OrderedLog:
 
     # -- input -------------------------------------------------------------------------------
 
-    def offer(self, frame: Frame, *, provisional: bool = False) -> Offered:
+    def offer(self, frame: Frame, *, provisional: bool = False, jump_check: bool = True) -> Offered:
         """Add a frame's records; ``provisional``: it is a copy from a third party.
 
         Raises ``ConflictError`` (equivocation, clock regression) or ``ProtocolError``
-        (``clock_jump``), and then nothing of the frame is kept.
+        (``clock_jump``), and then nothing of the frame is kept. ``jump_check=False`` leaves
+        out the clock-jump rule, which guards live input (its bound is relative to what came
+        before) and is no property of a set of records: for a log read back whole (an export).
         """
-        if frame.clock > self._max_clock + MAX_CLOCK_JUMP:
+        if jump_check and frame.clock > self._max_clock + MAX_CLOCK_JUMP:
             raise ProtocolError(
                 f"frame of {frame.node} jumps the clock from {self._max_clock} to {frame.clock}",
                 reason="clock_jump",
             )
-        n = self._nodes.get(frame.node) or _NodeLog()
+        n = self._nodes.get(frame.node) or _NodeLog(frame.node)
         if frame.first_seq > n.next_seq:
             return Offered((), 0, beyond_gap=True)
         # Check everything before changing anything: a frame is accepted or rejected whole.
@@ -194,13 +252,24 @@ class OrderedLog:
         self._held_total -= len(gone)
         return gone
 
+    def truncate(self, node: str, seq: int = 0) -> list[Record]:
+        """Give back every record of ``node`` from ``seq`` on, trusted or not: its copy here
+        contradicts its author's (a repair; docs/PROTOCOL.md §9)."""
+        n = self._nodes.get(node)
+        if n is None or seq >= n.next_seq:
+            return []
+        gone = self.records(node, seq, n.next_seq)
+        n.truncate(seq)
+        self._held_total -= len(gone)
+        return gone
+
     def add_own(self, frame: Frame) -> None:
         """Append a node's own new records: it is their author, so nobody else's copy counts.
 
         ``frame`` must start at the node's prefix, and its clock may not go below the last
         own record's. Raises ``ConflictError`` and changes nothing otherwise.
         """
-        n = self._nodes.get(frame.node) or _NodeLog()
+        n = self._nodes.get(frame.node) or _NodeLog(frame.node)
         if frame.first_seq != n.next_seq:
             raise ConflictError(
                 f"own frame starts at {frame.first_seq}, the prefix ends at {n.next_seq}"

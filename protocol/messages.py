@@ -6,15 +6,17 @@ names neither its sender nor its addressee: the topic does (``presence/<node>``,
 node that asks for it.
 
 ``Presence`` (kind ``p``) is a node's retained heartbeat: whether it is alive, how many records
-it wrote itself (``own``), a digest and the size of the version vector of everything it holds
-(not the vector itself: that would cost O(N) bytes in every heartbeat of every node), where its
+it wrote itself (``own``), a digest of everything it holds — which records, and their bytes
+(vv.held_digest) — and how many (not the vector itself: that would cost O(N) bytes in every
+heartbeat of every node), where its
 status endpoint is, its progress, and the snapshot it can serve. Every count in it is a lower
 bound of the truth, so a stale or lost presence costs a useless or a late request at most.
 
 ``Want`` (``w``) asks a peer for ``count`` records of ``node`` from ``first``; the answer is a
 bundle of the stored frames that cover the range, byte for byte as received. ``VvRequest``
-(``q``) asks a peer for its whole version vector, answered by ``Vv`` (``v``): what a node does
-when a peer's digest differs and the peer holds more than it does.
+(``q``) asks a peer for its whole version vector, answered by ``Vv`` (``v``), which gives each
+node's next seq and the content digest of its records: what a node does when a peer's digest
+differs and the peer holds at least as many records as it does.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from .records import MAX_FRAME_RECORDS, SEQ_LIMIT
 from .signing import NodeKey
 
 MAX_WANT = MAX_FRAME_RECORDS  # records one want may ask for
-MAX_VV_NODES = 16_384  # entries in one Vv answer (about 700 kB at most)
+MAX_VV_NODES = 16_384  # entries in one Vv answer (about 1 MB at most, with 32-byte names)
 MAX_HTTP = 256
 DIGEST_BYTES = 8
 FINGERPRINT_BYTES = 32
+CONTENT_BYTES = 16  # a node's records' content digest (protocol/log.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +55,7 @@ class Presence:
     run_id: bytes
     alive: bool
     own: int = 0  # records this node wrote (its next own seq), all durable
-    held_digest: bytes = b"\0" * DIGEST_BYTES  # vv digest of what it holds
+    held_digest: bytes = b"\0" * DIGEST_BYTES  # vv.held_digest: which records, and their bytes
     held_total: int = 0  # records it holds
     steps: int = 0  # own steps taken
     loss: float | None = None  # mean training loss of its recent steps
@@ -78,9 +81,13 @@ class VvRequest:
 
 @dataclass(frozen=True, slots=True)
 class Vv:
+    """A node's whole version vector, and the content digest of each node's records it holds
+    (docs/PROTOCOL.md §7-8), so a peer can tell which node's bytes differ."""
+
     sender: str
     run_id: bytes
     held: Mapping[str, int] = field(default_factory=dict)
+    content: Mapping[str, bytes] = field(default_factory=dict)  # node -> 16 bytes
 
 
 Control = Presence | Want | VvRequest | Vv
@@ -111,7 +118,8 @@ def encode_vv_request(r: VvRequest, key: NodeKey | None = None) -> bytes:
 
 
 def encode_vv(v: Vv, key: NodeKey | None = None) -> bytes:
-    return encode_message("v", v.run_id, [dict(v.held)], sender=v.sender, key=key)
+    body = {n: [s, v.content[n]] for n, s in v.held.items() if s}
+    return encode_message("v", v.run_id, [body], sender=v.sender, key=key)
 
 
 def decode_control(data: bytes, *, sender: str, run_id: bytes, keys: Keys) -> Control:
@@ -148,11 +156,22 @@ def _bytes(value: Any, n: int, what: str) -> bytes:
     return value
 
 
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise DecodeError(f"{what} must be a boolean", reason="bad_type")
+    return value
+
+
 def _presence(sender: str, rid: bytes, f: list[Any]) -> Presence:
+    # fields in their order on the wire, each its type first, then its range
+    # (docs/PROTOCOL.md §9: of two bad fields, the first one gives the reason)
     _arity(f, 9, "presence")
-    alive, own, digest, total, steps, loss, http, snap, relay = f
-    if not isinstance(alive, bool) or not isinstance(relay, bool):
-        raise DecodeError("presence alive and relay must be booleans", reason="bad_type")
+    alive = _bool(f[0], "presence alive")
+    own = _uint(f[1], "presence own")
+    digest = _bytes(f[2], DIGEST_BYTES, "presence held digest")
+    total = _uint(f[3], "presence total", 2**64)
+    steps = _uint(f[4], "presence steps", 2**64)
+    loss, http, snap = f[5], f[6], f[7]
     if loss is not None and (isinstance(loss, bool) or not isinstance(loss, int | float)):
         raise DecodeError("presence loss must be a number or nil", reason="bad_type")
     if not isinstance(http, str):
@@ -170,14 +189,15 @@ def _presence(sender: str, rid: bytes, f: list[Any]) -> Presence:
             _bytes(snap[1], FINGERPRINT_BYTES, "snapshot fingerprint"),
             _uint(snap[2], "snapshot records", 2**64),
         )
+    relay = _bool(f[8], "presence relay")
     return Presence(
         node=sender,
         run_id=rid,
         alive=alive,
-        own=_uint(own, "presence own"),
-        held_digest=_bytes(digest, DIGEST_BYTES, "presence held digest"),
-        held_total=_uint(total, "presence total", 2**64),
-        steps=_uint(steps, "presence steps", 2**64),
+        own=own,
+        held_digest=digest,
+        held_total=total,
+        steps=steps,
         loss=None if loss is None or not math.isfinite(loss) else float(loss),
         http=http,
         snapshot=advert,
@@ -187,15 +207,15 @@ def _presence(sender: str, rid: bytes, f: list[Any]) -> Presence:
 
 def _want(sender: str, rid: bytes, f: list[Any]) -> Want:
     _arity(f, 3, "want")
-    node, first, count = f
-    first = _uint(first, "want first", SEQ_LIMIT - 1)
-    count = _uint(count, "want count", MAX_WANT)
+    node = check_node_id(f[0])
+    first = _uint(f[1], "want first", SEQ_LIMIT - 1)
+    count = _uint(f[2], "want count", MAX_WANT)
     if count < 1:
         raise DecodeError("a want asks for at least one record", reason="bad_range")
     if first + count > SEQ_LIMIT:
         # the range must lie in the seq space: its end is a seq too (a store key, an int64)
         raise DecodeError("a want asks for records beyond the last seq", reason="bad_range")
-    return Want(sender, rid, check_node_id(node), first, count)
+    return Want(sender, rid, node, first, count)
 
 
 def _vv_request(sender: str, rid: bytes, f: list[Any]) -> VvRequest:
@@ -207,11 +227,22 @@ def _vv(sender: str, rid: bytes, f: list[Any]) -> Vv:
     _arity(f, 1, "vv")
     (raw,) = f
     if not isinstance(raw, dict):
-        raise DecodeError("a vv is a map of node to next seq", reason="bad_type")
+        raise DecodeError("a vv is a map of node to [next seq, content]", reason="bad_type")
     if len(raw) > MAX_VV_NODES:
         raise DecodeError(f"a vv lists more than {MAX_VV_NODES} nodes", reason="oversized")
-    held = {check_node_id(k): _uint(v, "vv entry") for k, v in raw.items()}
-    return Vv(sender, rid, {k: v for k, v in held.items() if v})
+    held: dict[str, int] = {}
+    content: dict[str, bytes] = {}
+    for k, v in raw.items():  # in wire order: each entry's node, then its value's fields
+        node = check_node_id(k)
+        if not isinstance(v, list):
+            raise DecodeError("a vv entry is [next seq, content]", reason="bad_type")
+        if len(v) != 2:
+            raise DecodeError("a vv entry is [next seq, content]", reason="malformed")
+        seq = _uint(v[0], "vv entry")
+        digest = _bytes(v[1], CONTENT_BYTES, "vv entry content")
+        if seq:
+            held[node], content[node] = seq, digest
+    return Vv(sender, rid, held, content)
 
 
 _PARSERS: dict[str, Callable[[str, bytes, list[Any]], Control]] = {

@@ -13,6 +13,9 @@ Layout used by seedswarm (all words are uint32):
     counter = (0, 0, 0, STREAM_QUANTISER)                  the quantiser's uniform draw
     counter = (block, tensor_id, 0, STREAM_LOWRANK_A)      low-rank a: rows 128*block .. +127
     counter = (block, tensor_id, 0, STREAM_LOWRANK_B)      low-rank b: columns 128*block .. +127
+    counter = (e div 4, index, 0, STREAM_INIT)             initial value of element e of an
+                                                           adapter tensor (key: init_seed;
+                                                           protocol/adapter.py)
 
 Within a sign block, element ``128*block + 32*w + b`` takes bit ``b`` (least significant
 first) of output word ``w``; a 0 bit means +1 and a 1 bit means -1. The low-rank streams use
@@ -39,6 +42,7 @@ STREAM_QUANTISER: Final = 1
 STREAM_DATA: Final = 2  # batch sampling; not part of the wire protocol
 STREAM_LOWRANK_A: Final = 3  # rank-1 directions of matrices (manifest direction "lowrank")
 STREAM_LOWRANK_B: Final = 4
+STREAM_INIT: Final = 5  # seeded initial values (an adapter's A), keyed by the manifest's init_seed
 
 BLOCK: Final = 128  # elements per Philox output (4 words x 32 bits)
 _MASK32: Final = np.uint64(0xFFFFFFFF)

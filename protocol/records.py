@@ -84,9 +84,6 @@ class Frame:
         """One past the last seq in the frame."""
         return self.first_seq + len(self.qs)
 
-    def q_values(self) -> list[int]:
-        return [byte_to_q(b) for b in self.qs]
-
     def records(self) -> Iterator[Record]:
         for i, b in enumerate(self.qs):
             yield Record(self.node, self.first_seq + i, byte_to_q(b), self.clock)

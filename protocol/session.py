@@ -5,13 +5,15 @@ Theory of operation
 A ``Session`` is everything one node knows and decides about one run, without any I/O: the
 ordered log (``OrderedLog``), the peer table built from presence, the gap-filling planner,
 the budgets of what peers may ask of it, and the rules of its own frames (seq and clock). The
-daemon feeds it what the broker delivers and sends what it returns:
+daemon feeds it what the broker delivers and sends what it returns (the types it speaks,
+events and outgoing messages, are in protocol/events.py):
 
     receive(topic, payload, now)  -> events: FrameAccepted, WantReceived, VvRequested,
                                      PeerSeen, PeerGone, Retracted, ForeignRun, Dropped
     seal(qs) / stored(sealed)     -> the node's next frames (log first, then the store, then
                                      the wire)
     presence(...) / will()        -> the heartbeat and the message that marks the node gone
+    manifest_message()            -> the retained manifest, published on every connect
     wants(now)                    -> requests for what peers hold and this node lacks
     answer(want, bodies) / vv(..) -> the stored frames that answer a want; our version vector
     tick(now)                     -> peers that fell silent, and the table pruned
@@ -49,7 +51,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .codec import (
@@ -62,6 +64,22 @@ from .codec import (
     sign_frame,
 )
 from .errors import ConflictError, DecodeError, ProtocolError, WrongRunError
+from .events import (
+    Dropped,
+    Event,
+    ForeignRun,
+    FrameAccepted,
+    Kind,
+    Outgoing,
+    PeerGone,
+    PeerInfo,
+    PeerSeen,
+    Retracted,
+    Sealed,
+    SessionStatistics,
+    VvRequested,
+    WantReceived,
+)
 from .ids import check_node_id
 from .log import OrderedLog
 from .manifest import Manifest
@@ -77,11 +95,12 @@ from .messages import (
     encode_vv_request,
     encode_want,
 )
-from .records import Frame, Record, q_to_byte
+from .records import Frame, q_to_byte
+from .retained import manifest_payload
 from .signing import NodeKey
 from .sync import SyncPlanner
 from .topics import BUNDLES, PRESENCE, RECORDS, Subscription, Topics
-from .vv import digest_bytes
+from .vv import held_digest
 
 INVALID = "invalid"  # the sender of a message whose topic names no valid node
 OTHER = "other"  # senders beyond MAX_BLAMED for one drop reason
@@ -89,161 +108,6 @@ MAX_BLAMED = 256
 MAX_BUNDLE_BYTES = 256 * 1024  # answers are split into bundles of at most this
 
 AUTHOR, RELAY, THIRD_PARTY = "author", "relay", "third party"
-
-
-# == what goes out ==================================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message for the broker.
-
-    ``kind``: frame, presence, want, vvreq, answer, vv or bundle. Own frames and presence go
-    first; answers to peers last, and those may be dropped when the outbox is full.
-    """
-
-    topic: str
-    payload: bytes
-    kind: str
-    retain: bool = False
-    records: int = 0  # records the payload carries (own frames only)
-
-
-@dataclass(frozen=True, slots=True)
-class Sealed:
-    """An own frame: store ``body`` durably first, then publish ``message``."""
-
-    frame: Frame
-    body: bytes
-    message: Outgoing
-
-
-# == events =========================================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class FrameAccepted:
-    """A frame with at least one record this node did not hold; ``body`` as received."""
-
-    frame: Frame
-    body: bytes
-    sender: str
-    new_records: int
-    via_sync: bool  # an answer to one of our wants (not the author's own broadcast)
-    provisional: bool = False  # a third party's copy, in an open run
-
-
-@dataclass(frozen=True, slots=True)
-class WantReceived:
-    """A peer asks for records: look them up in the store and ``answer`` it."""
-
-    want: Want
-
-
-@dataclass(frozen=True, slots=True)
-class VvRequested:
-    """A peer asks for this node's version vector: send it ``vv(requester)``."""
-
-    requester: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerSeen:
-    """A peer announced itself alive (for the first time, or again after it was gone)."""
-
-    node: str
-    first: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PeerGone:
-    """A peer said goodbye (its will, or a clean stop) or fell silent."""
-
-    node: str
-    silent: bool  # True: no message for longer than the peer timeout
-
-
-@dataclass(frozen=True, slots=True)
-class Retracted:
-    """Provisional records of ``node`` given back (its author is back): delete them from the
-    store and un-apply those the model holds."""
-
-    node: str
-    records: tuple[Record, ...]
-
-    @property
-    def first_seq(self) -> int:
-        return self.records[0].seq
-
-
-@dataclass(frozen=True, slots=True)
-class ForeignRun:
-    """A node under this run's name speaks for another run id (another manifest)."""
-
-    sender: str
-    run_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    """Input that was not used, the reason (docs/PROTOCOL.md §9) and whom to blame."""
-
-    reason: str
-    sender: str
-    detail: str
-    loud: bool = False  # worth an error in the log: equivocation, impersonation
-
-
-Event = (
-    FrameAccepted
-    | WantReceived
-    | VvRequested
-    | PeerSeen
-    | PeerGone
-    | Retracted
-    | ForeignRun
-    | Dropped
-)
-
-
-# == state shown to people ==========================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    node: str
-    alive: bool  # it said so, and it spoke within the peer timeout
-    last_seen_s: float
-    own: int
-    held_total: int
-    held_digest: str
-    steps: int
-    loss: float | None
-    http: str
-    snapshot: SnapshotAdvert | None
-    relay: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SessionStatistics:
-    frames_accepted: int
-    duplicates: int
-    echoes: int
-    beyond_gap: int  # frames that started after our prefix (their range was asked for)
-    provisional: int  # records accepted as a third party's copy
-    retracted: int
-    wants_sent: int
-    wants_received: int
-    wants_answered: int
-    vv_requests_sent: int
-    vv_requests_answered: int
-    peers: int
-    open_nodes: int  # nodes with records somebody claims and we lack
-    dropped: Mapping[str, Mapping[str, int]]  # reason -> sender -> count
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(sum(c.values()) for c in self.dropped.values())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,6 +125,9 @@ class SessionConfig:
     wants_per_plan: int = 64  # most wants one plan sends
     use_relays: bool = True  # listen to relays' bundles instead of every node, when one is up
     relay_timeout: float = 10.0  # seconds without a relay's bundle before listening directly
+    relay_echo: float = 5.0  # seconds an own frame may take to come back in a followed relay's
+    # bundles before the relay counts as not forwarding and is no longer followed
+    distrust_for: float = 600.0  # seconds a relay caught dropping or altering is not followed
 
 
 @dataclass(slots=True)
@@ -293,6 +160,8 @@ class _Counters:
     wants_answered: int = 0
     vv_requests_sent: int = 0
     vv_requests_answered: int = 0
+    repairs: int = 0
+    content_mismatches: int = 0
     dropped: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
 
 
@@ -331,6 +200,17 @@ class Session:
         self._budgets: dict[str, _Bucket] = {}
         self._answered: dict[tuple[str, str, int], float] = {}
         self._bundle_at: dict[str, float] = {}  # relay -> when its last bundle came
+        self._allowed = frozenset(manifest.relays)  # the relays a node may follow
+        self._distrusted: dict[str, tuple[float, str]] = {}  # relay -> (until, why)
+        self._followed_since: dict[str, float] = {}  # relay -> when this node began to follow
+        self._echoed: dict[str, int] = {}  # relay -> end of own records seen in its bundles
+        self._own_at: list[tuple[int, float]] = []  # (own records durable, since when)
+        self._delivered_by: dict[str, set[str]] = {}  # node -> relays that brought its records
+        self._suspects: dict[str, float] = {}  # node -> when its own vv was last asked for
+        # node -> (next seq, content) of its own vv, where it held more of its records than
+        # this node does: compared once this node's log reaches that seq (tick)
+        self._words: dict[str, tuple[int, bytes]] = {}
+        self._rotated_at = -1e18  # when a peer holding fewer records was last asked for its vv
         self._n = _Counters()
 
     @property
@@ -353,27 +233,39 @@ class Session:
         if route.kind == RECORDS:
             return self._on_frame_bytes(sender, sender, payload, now, AUTHOR)
         if route.kind == BUNDLES:
-            return self._on_bundle(sender, payload, now, RELAY)
+            # only a relay the run names, caught neither dropping nor altering, is trusted like
+            # the broker; any other client's bundle is a third party's copy (docs §9)
+            source = RELAY if self._trusted_relay(sender, now) else THIRD_PARTY
+            return self._on_bundle(sender, payload, now, source, relayed=True)
         if route.to != self.me:
             return [self.drop("bad_topic", sender, f"a sync message for {route.to}")]
         if payload[:1] == bytes([BUNDLE_V2]):
             return self._on_bundle(sender, payload, now, THIRD_PARTY)
         return self._on_control(sender, payload, now)
 
-    def _on_bundle(self, sender: str, payload: bytes, now: float, source: str) -> list[Event]:
+    def _on_bundle(
+        self, sender: str, payload: bytes, now: float, source: str, *, relayed: bool = False
+    ) -> list[Event]:
         try:
             entries = decode_bundle(payload)
         except ProtocolError as exc:
             return [self.drop(exc.reason, sender, str(exc))]
         events: list[Event] = []
-        if source == RELAY:
-            self._relay_spoke(sender, now)
+        if relayed:
+            if source == RELAY:
+                self._relay_spoke(sender, now)
             for node, data in entries:
                 # a relay forwards frames and presence of many nodes: one bad entry is one drop
                 if data[:1] == bytes([FRAME_V2]):
-                    events += self._on_frame_bytes(sender, node, data, now, RELAY)
+                    events += self._on_frame_bytes(sender, node, data, now, source, relay=sender)
+                elif not data:
+                    # not a cleared retained presence (a relay forwards none): a cut entry
+                    events.append(self.drop("truncated", sender, f"an empty entry of {node}"))
                 else:
-                    events += self._on_presence(node, data, now, blame=sender)
+                    # a presence says who sent it by its signature (signed) or by the relay's
+                    # word (a relay of the run); a stranger speaks only for itself
+                    trusted = source == RELAY or self.signed or node == sender
+                    events += self._on_presence(node, data, now, blame=sender, trusted=trusted)
             return events
         for node, data in entries:
             # a frame in a sync answer is its author's word when its author sent it
@@ -384,6 +276,16 @@ class Session:
                 break  # a sender of bad frames: the rest of its bundle is not worth reading
         return events
 
+    def _trusted_relay(self, relay: str, now: float) -> bool:
+        """A relay the run names (manifest ``relays``) and that has not been caught."""
+        if relay not in self._allowed:
+            return False
+        caught = self._distrusted.get(relay)
+        if caught is not None and now >= caught[0]:
+            del self._distrusted[relay]  # a second chance, checked like the first
+            caught = None
+        return caught is None
+
     def _relay_spoke(self, relay: str, now: float) -> None:
         peer = self._peers.get(relay)
         if peer is None or not peer.presence.relay:
@@ -392,15 +294,31 @@ class Session:
         self._heard(relay, now)
 
     def relays(self, now: float) -> list[str]:
-        """The relays this node can listen to now: they said so, and their bundles come."""
+        """The relays this node can listen to now: the run names them, they said so, their
+        bundles come, and none was caught dropping or altering what it forwards."""
         timeout = self.config.relay_timeout
-        return sorted(
+        up = sorted(
             r
             for r, at in self._bundle_at.items()
             if now - at < timeout
+            and self._trusted_relay(r, now)
             and (p := self._peers.get(r)) is not None
             and p.alive(now, self.config.peer_timeout)
         )
+        for r in up:
+            self._followed_since.setdefault(r, now)
+        for r in [r for r in self._followed_since if r not in up]:
+            del self._followed_since[r]
+            self._echoed.pop(r, None)
+        return up
+
+    def _distrust(self, relay: str, now: float, reason: str, detail: str) -> Dropped:
+        """Stop following ``relay`` for a while; one loud drop names it and why."""
+        self._distrusted[relay] = (now + self.config.distrust_for, reason)
+        self._bundle_at.pop(relay, None)
+        self._followed_since.pop(relay, None)
+        self._echoed.pop(relay, None)
+        return self.drop(reason, relay, detail, loud=True)
 
     def subscriptions(self, now: float) -> list[Subscription]:
         """What to listen to now: every node's frames and presence directly, or, while a relay
@@ -420,18 +338,26 @@ class Session:
         source: str,
         *,
         via_sync: bool = False,
+        relay: str = "",
     ) -> list[Event]:
         try:
             frame = decode_frame(data, run_id=self.run_id, node=node, keys=self._keys)
         except ProtocolError as exc:
             return [self.drop(exc.reason, sender, str(exc))]
-        return self._offer(frame, data, sender, now, source, via_sync)
+        return self._offer(frame, data, sender, now, source, via_sync, relay)
 
     def _offer(
-        self, frame: Frame, data: bytes, sender: str, now: float, source: str, via_sync: bool
+        self,
+        frame: Frame,
+        data: bytes,
+        sender: str,
+        now: float,
+        source: str,
+        via_sync: bool,
+        relay: str = "",
     ) -> list[Event]:
         if frame.node == self.me:
-            return self._on_own_frame(frame, sender, relayed=source == RELAY)
+            return self._on_own_frame(frame, sender, now, relay=relay, trusted=source == RELAY)
         if not self.signed and frame.node not in self._peers and not self.log.next_seq(frame.node):
             # an open run: frames name no run, so a node's are taken once its presence said
             # it is in this run (a node of another manifest under our run name never did)
@@ -465,47 +391,53 @@ class Session:
         self._n.duplicates += offered.duplicates
         if not offered.new:
             return []
+        if source == RELAY:  # who to blame if its author's word ever contradicts these
+            self._delivered_by.setdefault(frame.node, set()).add(sender)
         self._n.frames_accepted += 1
         if provisional:
             self._n.provisional += len(offered.new)
         return [FrameAccepted(frame, bytes(data), sender, len(offered.new), via_sync, provisional)]
 
-    def _on_own_frame(self, frame: Frame, sender: str, *, relayed: bool) -> list[Event]:
-        """A frame in this node's name: its own echo, or somebody impersonating it."""
+    def _on_own_frame(
+        self, frame: Frame, sender: str, now: float, *, relay: str = "", trusted: bool = False
+    ) -> list[Event]:
+        """A frame in this node's name: its own echo, or somebody impersonating it. A followed
+        relay's bundles must carry every own frame back, unaltered (``tick`` checks)."""
         held = self.log.records(self.me, frame.first_seq, frame.end_seq)
         if len(held) == frame.count and all(
             q_to_byte(r.q) == b and r.clock == frame.clock
             for r, b in zip(held, frame.qs, strict=True)
         ):
-            if not relayed:
+            if not relay:
                 self._n.echoes += 1  # the broker's echo (a relay's bundle carries it by design)
+            elif trusted:
+                self._echoed[relay] = max(self._echoed.get(relay, 0), frame.end_seq)
             return []
-        return [
-            self.drop(
-                "impersonation",
-                sender,
-                f"a frame in this node's name ({self.me} seq {frame.first_seq}.."
-                f"{frame.end_seq - 1}) that it never wrote",
-                loud=True,
-            )
-        ]
+        detail = (
+            f"a frame in this node's name ({self.me} seq {frame.first_seq}.."
+            f"{frame.end_seq - 1}) that it never wrote"
+        )
+        out: list[Event] = [self.drop("impersonation", sender, detail, loud=True)]
+        if relay and trusted:
+            out.append(self._distrust(relay, now, "tampered", f"{relay} altered {detail}"))
+        return out
 
     def _on_control(self, sender: str, payload: bytes, now: float) -> list[Event]:
-        # the budget first: a flood costs a dict lookup per message, not a decode (or, in a
-        # signed run, a signature check)
-        if not self._spend(sender, now):
-            return [self.drop("over_budget", sender, f"{sender} sends more than its budget")]
+        # decoded and, in a signed run, verified before the budget is charged: a message that
+        # is not its sender's (junk published on sync/<me>/<victim>) costs the victim nothing
         try:
             msg = decode_control(payload, sender=sender, run_id=self.run_id, keys=self._keys)
         except ProtocolError as exc:
             return [self.drop(exc.reason, sender, str(exc))]
         if isinstance(msg, Presence):
             return [self.drop("bad_type", sender, "presence on a sync topic")]
+        if not self._spend(sender, now):
+            return [self.drop("over_budget", sender, f"{sender} sends more than its budget")]
         self._heard(sender, now)
         if isinstance(msg, Vv):
             for node, end in msg.held.items():
                 self._planner.claim(sender, node, end, self.log.next_seq(node))
-            return []
+            return self._compare_content(msg, now)
         if isinstance(msg, VvRequest):
             return [VvRequested(sender)]
         self._n.wants_received += 1
@@ -534,9 +466,17 @@ class Session:
         return True
 
     def _on_presence(
-        self, sender: str, payload: bytes, now: float, *, blame: str | None = None
+        self,
+        sender: str,
+        payload: bytes,
+        now: float,
+        *,
+        blame: str | None = None,
+        trusted: bool = True,
     ) -> list[Event]:
-        """``sender``'s presence; ``blame``: who forwarded it (a relay), if not the sender."""
+        """``sender``'s presence; ``blame``: who forwarded it (a relay), if not the sender;
+        ``trusted``: False when a client that is no relay of the run forwarded it, in an open
+        run (then it is nobody's word but that client's)."""
         blamed = blame or sender
         if not payload:
             return []  # a retained message being cleared
@@ -553,6 +493,8 @@ class Session:
             return [self.drop("bad_type", blamed, "a presence topic carries presence only")]
         if sender == self.me:
             return []  # our own retained presence, back from the broker
+        if not trusted:
+            return [self.drop("untrusted", blamed, f"{blamed} forwarded presence of {sender}")]
         before = self._peers.get(sender)
         was_alive = before is not None and before.alive(now, self.config.peer_timeout)
         if before is None and len(self._peers) >= self.config.max_peers:
@@ -619,7 +561,7 @@ class Session:
                 frame = sign_frame(frame, self._key)
             self.log.add_own(frame)
             body = encode_frame(frame)
-            message = Outgoing(self.topics.records(self.me), body, "frame", records=frame.count)
+            message = Outgoing(self.topics.records(self.me), body, Kind.FRAME, records=frame.count)
             out.append(Sealed(frame, body, message))
         return out
 
@@ -639,14 +581,14 @@ class Session:
         snapshot: SnapshotAdvert | None = None,
     ) -> Outgoing:
         """The retained heartbeat: of constant size, whatever the size of the swarm."""
-        held = self.log.held()
+        held = self.log.held_content()
         p = Presence(
             node=self.me,
             run_id=self.run_id,
             alive=alive,
             own=self.own_stored,
-            held_digest=digest_bytes(held),
-            held_total=sum(held.values()),
+            held_digest=held_digest(held),
+            held_total=sum(s for s, _ in held.values()),
             steps=steps,
             loss=loss,
             http=self.http[:256],
@@ -654,13 +596,19 @@ class Session:
             relay=self.relay,
         )
         payload = encode_presence(p, self._key)
-        return Outgoing(self.topics.presence(self.me), payload, "presence", retain=True)
+        return Outgoing(self.topics.presence(self.me), payload, Kind.PRESENCE, retain=True)
+
+    def manifest_message(self) -> Outgoing:
+        """The run's manifest, retained on ``manifest/<run id>``: published each time the node
+        connects, so a joiner that knows only the run id can fetch it (docs/PROTOCOL.md §7)."""
+        topic = self.topics.manifest(self.run_id)
+        return Outgoing(topic, manifest_payload(self.manifest), Kind.MANIFEST, retain=True)
 
     def will(self) -> Outgoing:
         """What the broker publishes if this node's connection dies without a goodbye."""
         p = Presence(self.me, self.run_id, alive=False, relay=self.relay)
         payload = encode_presence(p, self._key)
-        return Outgoing(self.topics.presence(self.me), payload, "presence", retain=True)
+        return Outgoing(self.topics.presence(self.me), payload, Kind.PRESENCE, retain=True)
 
     def wants(self, now: float) -> list[Outgoing]:
         """Ask for what peers say they hold and we lack; ask for a peer's whole version vector
@@ -683,29 +631,120 @@ class Session:
         for req in plan:
             want = Want(self.me, self.run_id, req.node, req.first, req.count)
             topic = self.topics.sync(req.target, self.me)
-            out.append(Outgoing(topic, encode_want(want, self._key), "want"))
+            out.append(Outgoing(topic, encode_want(want, self._key), Kind.WANT))
         self._n.wants_sent += len(out)
         out += self._vv_requests(now)
         return out
 
     def _vv_requests(self, now: float) -> list[Outgoing]:
-        held = self.log.held()
-        ours, mine = sum(held.values()), digest_bytes(held)
+        """A vv request to the peer holding most whose digest differs from ours (it holds
+        more, or as much but other records or other bytes), and to each node whose records a
+        peer holds with other bytes than ours: its own word on them decides (§9, repair)."""
+        held = self.log.held_content()
+        ours, mine = sum(s for s, _ in held.values()), held_digest(held)
+        timeout, every = self.config.peer_timeout, self.config.vv_every
         best: tuple[int, str] | None = None
+        oldest: tuple[float, str] | None = None  # of the others: the one asked longest ago
         for name, p in self._peers.items():
             pr = p.presence
-            if not p.alive(now, self.config.peer_timeout) or pr.held_total <= ours:
+            if not p.alive(now, timeout) or not pr.held_total:
                 continue
-            if pr.held_digest == mine or now - p.vv_asked < self.config.vv_every:
+            if pr.held_digest == mine or now - p.vv_asked < every:
                 continue
-            if best is None or (pr.held_total, name) > best:
-                best = (pr.held_total, name)
-        if best is None:
-            return []
-        self._peers[best[1]].vv_asked = now
-        self._n.vv_requests_sent += 1
+            if pr.held_total >= ours:
+                # it holds more; or as many but others, or other bytes: its vv says which
+                if best is None or (pr.held_total, name) > best:
+                    best = (pr.held_total, name)
+            elif oldest is None or (p.vv_asked, name) < oldest:
+                oldest = (p.vv_asked, name)
+        targets = [] if best is None else [best[1]]
+        if not targets and oldest is not None and now - self._rotated_at >= every:
+            # while the swarm steps, no presence shows as many records as this node holds by
+            # the time it is read: one peer with another digest in turn, so that other bytes
+            # are found all the same (compared over the records both hold)
+            targets, self._rotated_at = [oldest[1]], now
+        for node, asked in list(self._suspects.items()):
+            peer = self._peers.get(node)
+            if peer is None or not peer.alive(now, timeout) or node in targets:
+                continue
+            if now - max(asked, peer.vv_asked) >= every:
+                targets.append(node)
+                self._suspects[node] = now
+        out = []
         req = encode_vv_request(VvRequest(self.me, self.run_id), self._key)
-        return [Outgoing(self.topics.sync(best[1], self.me), req, "vvreq")]
+        for t in targets:
+            self._peers[t].vv_asked = now
+            self._n.vv_requests_sent += 1
+            out.append(Outgoing(self.topics.sync(t, self.me), req, Kind.VV_REQUEST))
+        return out
+
+    def _compare_content(self, msg: Vv, now: float) -> list[Event]:
+        """Records a peer holds with other bytes than ours, compared over the records both
+        hold (the shorter prefix: a digest of a prefix is computed from the log).
+
+        Its author's own word decides: when the peer *is* the author (in a signed run nothing
+        else can differ: frames carry their author's signature), our copy goes (``repair``);
+        otherwise the author is asked for its vv, and that answer decides. An author that holds
+        more of its records than we do (it steps on, and its frames come later than its vv)
+        is taken at its word once our log reaches its count (``tick``)."""
+        out: list[Event] = []
+        for node, end in msg.held.items():
+            if node == self.me:
+                continue
+            word = msg.content[node]
+            ours = self.log.next_seq(node)
+            if end > ours:
+                if node == msg.sender:
+                    if node not in self._words and len(self._words) >= self.config.max_peers:
+                        self._words.clear()  # a flood of made-up authors: start afresh
+                    self._words[node] = (end, word)
+                continue
+            mine = self.log.content(node) if end == ours else self.log.content_at(node, end)
+            out += self._judge(node, word == mine, node == msg.sender, now)
+        return out
+
+    def _judge(self, node: str, agrees: bool, by_author: bool, now: float) -> list[Event]:
+        """What a comparison of ``node``'s records with a peer's copy means."""
+        if agrees:
+            if by_author:
+                self._suspects.pop(node, None)  # its author agrees with our copy
+            return []
+        self._n.content_mismatches += 1
+        if by_author:
+            return self._repair(node, now)
+        self._suspects.setdefault(node, -1e18)
+        return []
+
+    def _check_words(self, now: float) -> list[Event]:
+        """Authors' words on more records than we held then, now that we hold them."""
+        out: list[Event] = []
+        for node, (end, word) in list(self._words.items()):
+            if self.log.next_seq(node) >= end:
+                del self._words[node]
+                out += self._judge(node, self.log.content_at(node, end) == word, True, now)
+        return out
+
+    def _repair(self, node: str, now: float) -> list[Event]:
+        """Our copy of ``node``'s records contradicts its author's: give all of it back (the
+        model un-applies it exactly), blame the relays that brought it, and ask again from
+        the author."""
+        self._suspects.pop(node, None)
+        self._words.pop(node, None)
+        gone = self.log.truncate(node, 0)
+        out: list[Event] = []
+        if gone:
+            self._n.repairs += 1
+            out.append(Retracted(node, tuple(gone)))
+        peer = self._peers.get(node)
+        if peer is not None:
+            self._planner.claim(node, node, peer.presence.own, 0)
+        out += [
+            self._distrust(
+                relay, now, "tampered", f"{relay} forwarded records of {node} that it did not write"
+            )
+            for relay in sorted(self._delivered_by.pop(node, set()))
+        ]
+        return out
 
     def answer(self, want: Want, bodies: Sequence[bytes]) -> list[Outgoing]:
         """The stored frames ``bodies`` (byte for byte), in bundles, as an answer to ``want``."""
@@ -716,29 +755,64 @@ class Session:
         size = 0
         for body in bodies:
             if entries and size + len(body) > MAX_BUNDLE_BYTES:
-                out.append(Outgoing(topic, encode_bundle(entries), "answer"))
+                out.append(Outgoing(topic, encode_bundle(entries), Kind.ANSWER))
                 entries, size = [], 0
             entries.append((want.node, body))
             size += len(body) + 40
         if entries:
-            out.append(Outgoing(topic, encode_bundle(entries), "answer"))
+            out.append(Outgoing(topic, encode_bundle(entries), Kind.ANSWER))
         return out
 
     def vv(self, requester: str) -> Outgoing:
         """Our whole version vector, for a peer that asked for it."""
         self._n.vv_requests_answered += 1
-        payload = encode_vv(Vv(self.me, self.run_id, self.log.held()), self._key)
-        return Outgoing(self.topics.sync(requester, self.me), payload, "vv")
+        held = self.log.held_content()
+        vv = Vv(
+            self.me,
+            self.run_id,
+            {n: s for n, (s, _) in held.items()},
+            {n: c for n, (_, c) in held.items()},
+        )
+        payload = encode_vv(vv, self._key)
+        return Outgoing(self.topics.sync(requester, self.me), payload, Kind.VV)
 
     def tick(self, now: float) -> list[Event]:
-        """Peers that said they were alive but fell silent; the long gone are forgotten."""
-        out: list[Event] = []
+        """Peers that said they were alive but fell silent; the long gone are forgotten; a
+        followed relay that did not carry an own frame back in time is no longer followed; an
+        author's word on records this node did not hold yet is checked once it holds them."""
+        out: list[Event] = self._check_relays(now) + self._check_words(now)
         for name, peer in self._peers.items():
             silent = now - peer.last_seen >= self.config.peer_timeout
             if peer.presence.alive and not peer.silent and silent:
                 peer.silent = True
                 out.append(PeerGone(name, silent=True))
         self._prune(now)
+        return out
+
+    def _check_relays(self, now: float) -> list[Event]:
+        """Every followed relay must bring each own frame back within ``relay_echo`` seconds
+        of when it became durable (and so was published): a relay that forwards nothing, or
+        drops frames, is caught by the authors it drops and no longer followed (§9)."""
+        if not self._own_at or self._own_at[-1][0] != self.own_stored:
+            self._own_at.append((self.own_stored, now))
+        out: list[Event] = []
+        for relay, since in list(self._followed_since.items()):
+            echoed = self._echoed.get(relay, 0)
+            late = [
+                end
+                for end, at in self._own_at
+                if end > echoed and since < at <= now - self.config.relay_echo
+            ]
+            if late:
+                out.append(
+                    self._distrust(
+                        relay, now, "relay_dropped", f"{relay} did not forward own records "
+                        f"{echoed}..{late[-1] - 1} within {self.config.relay_echo:g} s"
+                    )
+                )  # fmt: skip
+        horizon = now - 4 * self.config.relay_echo
+        keep = [x for x in self._own_at if x[1] >= horizon]
+        self._own_at = keep or self._own_at[-1:]
         return out
 
     def _prune(self, now: float, room: int = 0) -> None:
@@ -796,4 +870,7 @@ class Session:
             peers=len(self._peers),
             open_nodes=self._planner.open_nodes,
             dropped={r: dict(sorted(c.items())) for r, c in sorted(n.dropped.items())},
+            repairs=n.repairs,
+            content_mismatches=n.content_mismatches,
+            distrusted={r: why for r, (_, why) in sorted(self._distrusted.items())},
         )

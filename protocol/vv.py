@@ -8,7 +8,7 @@ are left out, so ``{}`` is the base model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from . import canonical
 
@@ -30,25 +30,21 @@ def digest(vv: VersionVector) -> str:
     return digest_bytes(vv).hex()
 
 
+def held_digest(held: Mapping[str, tuple[int, bytes]]) -> bytes:
+    """8 bytes naming what a replica holds, records *and their bytes*: SHA-256 of the
+    canonical msgpack of ``{node: [next_seq, content digest]}`` (docs/PROTOCOL.md §8), cut.
+
+    Presence carries it: equal version vectors with different bytes give different digests.
+    """
+    body = {n: [s, c] for n, (s, c) in sorted(held.items()) if s > 0}
+    return canonical.sha256(b"seedswarm/held/v1", canonical.packb(body))[:8]
+
+
 def total(vv: VersionVector) -> int:
     """How many records the vector covers."""
     return sum(vv.values())
 
 
-def merge_max(vectors: Iterable[VersionVector]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for vv in vectors:
-        for n, s in vv.items():
-            if s > out.get(n, 0):
-                out[n] = s
-    return normalise(out)
-
-
 def dominates(a: VersionVector, b: VersionVector) -> bool:
     """True if ``a`` holds every record ``b`` holds."""
     return all(a.get(n, 0) >= s for n, s in b.items())
-
-
-def missing(mine: VersionVector, theirs: VersionVector) -> dict[str, tuple[int, int]]:
-    """Per node, the range ``[first, end)`` that ``theirs`` holds and ``mine`` lacks."""
-    return {n: (mine.get(n, 0), s) for n, s in sorted(theirs.items()) if s > mine.get(n, 0)}

@@ -7,6 +7,7 @@ Nothing here is a fake: brokers are real Mosquitto / amqtt processes, nodes are 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -16,14 +17,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
+
+T = TypeVar("T")
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -133,7 +138,7 @@ def started_broker(kind: str, tmp_path: Path, extra: Sequence[str] = ()) -> Iter
     """A started broker for one test (``yield from`` it in a fixture); ``extra``: more
     Mosquitto config lines. No Mosquitto where one is expected fails the test, never skips it."""
     if kind == "mosquitto" and MOSQUITTO is None:
-        pytest.fail("mosquitto is not installed: apt install mosquitto (.ci/run does)")
+        pytest.fail("mosquitto is not installed: apt install mosquitto (scripts/test does)")
     b = Broker(kind, tmp_path / "broker", extra=list(extra))
     b.start()
     try:
@@ -292,7 +297,7 @@ class NodeProc:
 @contextlib.contextmanager
 def running(*procs: NodeProc) -> Iterator[None]:
     """Kill what is still running at the end; first ask it for its stacks (SIGUSR1, see
-    daemon/cli.py), so a node that hung leaves in its log what it was waiting for."""
+    daemon/cli/main.py), so a node that hung leaves in its log what it was waiting for."""
     try:
         yield
     finally:
@@ -315,3 +320,39 @@ def converged(nodes: list[NodeProc], expect: dict[str, int]) -> bool:
         if st["version_vector"] != expect or st["records"]["pending"]:
             return False
     return True
+
+
+class LoopThread:
+    """An event loop on a thread of its own, for servers the test runs beside the nodes."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, make: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
+        async def run() -> T:
+            return await make()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@contextlib.contextmanager
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()
+
+
+async def serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner

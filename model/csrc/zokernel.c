@@ -1,22 +1,29 @@
 /*
- * seedswarm CPU kernel: Philox4x32-10 Rademacher signs fused with scale-and-add.
+ * seedswarm CPU kernel: Philox4x32-10 Rademacher signs fused with the state update.
  *
- *   w[i] += scale_t * sum_r steps[r][t] * z_r[i],   z_r[i] = +1 or -1 from Philox under seeds[r]
+ *   n[i] += sum_r steps[r][t] * z_r[i],   z_r[i] = +1 or -1 from Philox under seeds[r]
+ *   w[i]  = (float)n[i] * scale_t
  *
  * for the elements of sign blocks [block_begin, block_end) of a buffer of whole blocks, each
  * block belonging to one tensor t (model/layout.py). The layout is
  * docs/PROTOCOL.md's: block b of tensor t is Philox(key = seed, counter = (b, t, 0, 0)); bit j
  * (LSB first) of word k gives element 128*b + 32*k + j, 0 meaning +1.
  *
- * The steps are whole numbers of grid steps and are summed in int32, so the result does not
- * depend on the order of records or on the compiler; the single float multiply-add at the end
- * is exact while the weights stay on their grid (see model/grid.py). The GIL is released, so
+ * n is the int64 state of the elements in grid steps and w their fp32 weights (model/grid.py,
+ * docs/PROTOCOL.md section 5). The steps are whole numbers of grid steps, summed in int32 (a
+ * batch keeps sum_r |steps| < 2**24, model/layout.py), added to n with two's-complement
+ * wrap-around (done in uint64: defined C), and w is rewritten from n: int64 to the nearest
+ * float, ties to even (the default rounding mode; the tests check it against an integer
+ * reference), times a power of two, which is exact. So the result does not depend on the order
+ * of records, the batching or the compiler, for any run length. The GIL is released, so
  * Python threads can run disjoint block ranges in parallel. Everything is plain C that GCC
- * vectorises; target_clones builds AVX2 and AVX-512 variants picked at load time.
+ * vectorises; target_clones builds x86-64-v4 (AVX-512 with DQ, whose vcvtqq2ps converts int64
+ * to float in vectors, rounding to nearest even as the scalar conversion does) and AVX2
+ * variants, picked at load time.
  *
- * lowrank_range: the rank-1 directions of a matrix tensor (docs/PROTOCOL-arithmetic-v2.md):
+ * lowrank_range: the rank-1 directions of a matrix tensor (docs/PROTOCOL.md section 4):
  *
- *   W[i][j] += scale * sum_r s_r * a_r[i] * b_r[j],   a_r, b_r in {-1,+1} from Philox streams
+ *   N[i][j] += sum_r s_r * a_r[i] * b_r[j],   W[i][j] = (float)N[i][j] * scale,   a_r, b_r in {-1,+1} from Philox streams
  *                                                       3 (rows) and 4 (columns) under seeds[r]
  *
  * is the integer matrix product A diag(s) B^T, computed exactly in int32 by the "four
@@ -38,7 +45,7 @@
 #define TILE_BLOCKS 32 /* 4096 elements: the int32 accumulator tile is 16 KiB, in L1 */
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define SS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SS_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define SS_CLONES
 #endif
@@ -66,6 +73,16 @@ static inline void philox4x32_10(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t
     out[3] = c3;
 }
 
+/* n += acc (wrapping), w = fp32(n) * scale, for count elements. */
+static inline void commit(int64_t *restrict np, float *restrict wp, const int32_t *restrict ap,
+                          int64_t count, float scale) {
+    for (int64_t i = 0; i < count; i++) {
+        int64_t v = (int64_t)((uint64_t)np[i] + (uint64_t)(int64_t)ap[i]);
+        np[i] = v;
+        wp[i] = (float)v * scale;
+    }
+}
+
 /* acc[0..127] += s * z for one block: the hot loop, vectorised by the compiler. */
 static inline void add_block(int32_t *restrict acc, const uint32_t words[4], int32_t s) {
     for (int k = 0; k < 4; k++) {
@@ -87,7 +104,7 @@ static inline void add_block(int32_t *restrict acc, const uint32_t words[4], int
  * tensor's id when a single tensor is passed as a one-column layout).
  */
 SS_CLONES
-static void accumulate_flat_range(float *restrict w, int64_t n_elements,
+static void accumulate_flat_range(float *restrict w, int64_t *restrict n, int64_t n_elements,
                                   const int32_t *block_tensor, const int32_t *block_local,
                                   uint32_t id_base, const float *scales, int64_t n_tensors,
                                   const uint64_t *seeds, const int32_t *steps, int64_t nrec,
@@ -113,9 +130,7 @@ static void accumulate_flat_range(float *restrict w, int64_t n_elements,
             float scale = scales[block_tensor[b0 + b]];
             int64_t first = (b0 + b) * BLOCK;
             int64_t count = n_elements - first < BLOCK ? n_elements - first : BLOCK;
-            float *restrict wp = w + first;
-            const int32_t *ap = acc + b * BLOCK;
-            for (int64_t i = 0; i < count; i++) wp[i] += (float)ap[i] * scale;
+            commit(n + first, w + first, acc + b * BLOCK, count, scale);
         }
     }
 }
@@ -166,10 +181,10 @@ static void lr_tile(int32_t *restrict acc, const uint8_t *pat, int64_t nrows,
 }
 
 /*
- * Rows [row_begin, row_end) of a row-major rows x cols fp32 matrix w; steps[r] is record r's
+ * Rows [row_begin, row_end) of a row-major rows x cols matrix (state n, weights w); steps[r] is record r's
  * grid steps for this tensor (records with 0 steps may be passed; they add nothing).
  */
-static int lowrank_range(float *w, int64_t rows, int64_t cols, int64_t row_begin,
+static int lowrank_range(float *w, int64_t *n, int64_t rows, int64_t cols, int64_t row_begin,
                          int64_t row_end, uint32_t tensor_id, float scale,
                          const uint64_t *seeds, const int32_t *steps, int64_t nrec) {
     int64_t ngroups = (nrec + LR_GROUP - 1) / LR_GROUP;
@@ -220,9 +235,8 @@ static int lowrank_range(float *w, int64_t rows, int64_t cols, int64_t row_begin
                 if (any) lr_tile(acc, pat + g * LR_ROWS, nrows, table, sb);
             }
             for (int64_t i = 0; i < nrows; i++) {
-                float *wp = w + (r0 + i) * cols + c0;
-                const int32_t *ap = acc + i * LR_NT;
-                for (int64_t j = 0; j < nc; j++) wp[j] += (float)ap[j] * scale;
+                int64_t at = (r0 + i) * cols + c0;
+                commit(n + at, w + at, acc + i * LR_NT, nc, scale);
             }
         }
     }
@@ -246,11 +260,12 @@ static void signs_range(int8_t *out, int64_t n, uint32_t tensor_id, uint64_t see
 }
 
 static PyObject *py_accumulate_flat(PyObject *self, PyObject *args) {
-    unsigned long long w_ptr, bt_ptr, bl_ptr, sc_ptr;
+    unsigned long long w_ptr, n_ptr, bt_ptr, bl_ptr, sc_ptr;
     long long n_elements, id_base, n_tensors, block_begin, block_end;
     Py_buffer seeds, steps;
-    if (!PyArg_ParseTuple(args, "KLKKLKLy*y*LL", &w_ptr, &n_elements, &bt_ptr, &bl_ptr, &id_base,
-                          &sc_ptr, &n_tensors, &seeds, &steps, &block_begin, &block_end))
+    if (!PyArg_ParseTuple(args, "KKLKKLKLy*y*LL", &w_ptr, &n_ptr, &n_elements, &bt_ptr, &bl_ptr,
+                          &id_base, &sc_ptr, &n_tensors, &seeds, &steps, &block_begin,
+                          &block_end))
         return NULL;
     int64_t nrec = seeds.len / 8;
     if (seeds.len != nrec * 8 || steps.len != nrec * n_tensors * 4 || n_tensors < 1 ||
@@ -262,7 +277,8 @@ static PyObject *py_accumulate_flat(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    accumulate_flat_range((float *)(uintptr_t)w_ptr, n_elements, (const int32_t *)(uintptr_t)bt_ptr,
+    accumulate_flat_range((float *)(uintptr_t)w_ptr, (int64_t *)(uintptr_t)n_ptr, n_elements,
+                          (const int32_t *)(uintptr_t)bt_ptr,
                           (const int32_t *)(uintptr_t)bl_ptr, (uint32_t)id_base,
                           (const float *)(uintptr_t)sc_ptr,
                           n_tensors, (const uint64_t *)seeds.buf, (const int32_t *)steps.buf,
@@ -274,12 +290,12 @@ static PyObject *py_accumulate_flat(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_lowrank(PyObject *self, PyObject *args) {
-    unsigned long long w_ptr;
+    unsigned long long w_ptr, n_ptr;
     long long rows, cols, row_begin, row_end, tensor_id;
     float scale;
     Py_buffer seeds, steps;
-    if (!PyArg_ParseTuple(args, "KLLLLLfy*y*", &w_ptr, &rows, &cols, &row_begin, &row_end,
-                          &tensor_id, &scale, &seeds, &steps))
+    if (!PyArg_ParseTuple(args, "KKLLLLLfy*y*", &w_ptr, &n_ptr, &rows, &cols, &row_begin,
+                          &row_end, &tensor_id, &scale, &seeds, &steps))
         return NULL;
     int64_t nrec = seeds.len / 8;
     if (seeds.len != nrec * 8 || steps.len != nrec * 4 || rows < 0 || cols < 0 ||
@@ -293,7 +309,8 @@ static PyObject *py_lowrank(PyObject *self, PyObject *args) {
     int rc = 0;
     if (nrec > 0 && cols > 0 && row_end > row_begin) {
         Py_BEGIN_ALLOW_THREADS
-        rc = lowrank_range((float *)(uintptr_t)w_ptr, rows, cols, row_begin, row_end,
+        rc = lowrank_range((float *)(uintptr_t)w_ptr, (int64_t *)(uintptr_t)n_ptr, rows, cols,
+                           row_begin, row_end,
                            (uint32_t)tensor_id, scale, (const uint64_t *)seeds.buf,
                            (const int32_t *)steps.buf, nrec);
         Py_END_ALLOW_THREADS
@@ -321,12 +338,13 @@ static PyObject *py_signs(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"accumulate_flat", py_accumulate_flat, METH_VARARGS,
-     "accumulate_flat(w_ptr, n_elements, block_tensor_ptr, block_local_ptr, id_base, scales_ptr, "
-     "n_tensors, seeds_u64le, steps_i32le_RxT, block_begin, block_end)"},
+     "accumulate_flat(w_ptr, n_ptr, n_elements, block_tensor_ptr, block_local_ptr, id_base, "
+     "scales_ptr, n_tensors, seeds_u64le, steps_i32le_RxT, block_begin, block_end)"},
     {"signs", py_signs, METH_VARARGS, "signs(out_ptr, n, tensor_id, seed): int8 +-1 values"},
     {"lowrank", py_lowrank, METH_VARARGS,
-     "lowrank(w_ptr, rows, cols, row_begin, row_end, tensor_id, scale, seeds_u64le, "
-     "steps_i32le): w += scale * sum_r steps[r] * a_r b_r^T over rows [row_begin, row_end)"},
+     "lowrank(w_ptr, n_ptr, rows, cols, row_begin, row_end, tensor_id, scale, seeds_u64le, "
+     "steps_i32le): n += sum_r steps[r] * a_r b_r^T, w = fp32(n) * scale, over rows "
+     "[row_begin, row_end)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_zokernel",

@@ -20,6 +20,7 @@ checks, while the swarm trains:
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -67,7 +68,16 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "hex16": lambda v: v[:16],
     "yesno": lambda v: "yes" if v else "no",
     "alive": lambda v: "live" if v else "gone",
+    "big": lambda v: _big(v),
 }
+
+
+def _big(v: float) -> str:
+    """app.js's big(): digits with commas below 10^6, else one decimal of a power of ten."""
+    if v < 1e6:
+        return f"{round(v):,}"
+    e = math.floor(math.log10(v))
+    return f"{_fixed(v / 10**e, 1)} × 10^{e}"
 
 
 def shown(kind: str, value: Any) -> str:
@@ -137,6 +147,13 @@ LOOK = """() => {
     points: Object.fromEntries([...document.querySelectorAll(".charts .chart")].map((c) => [c.id, Number(c.dataset.points)])),
     evalAccuracy: s.curves.evals.map((p) => p.accuracy),
     agreement: document.getElementById("agreement").textContent,
+    evalHint: document.getElementById("eval-hint").textContent,
+    headroom: document.getElementById("headroom-words").textContent,
+    tiles: document.querySelectorAll(".tile").length,
+    plainTiles: [...document.querySelectorAll(".tile")].filter((t) => {
+      const p = t.querySelector(".plain"); return p && p.textContent.trim().length > 20; }).length,
+    cardWeights: Object.fromEntries([...document.querySelectorAll("#cards .card")].map((c) => [
+      c.dataset.node, (c.querySelector(".nums .weights") || {}).textContent])),
   };
 }"""
 
@@ -248,6 +265,20 @@ def test_the_dashboard_of_a_training_swarm(chromium: Browser, tmp_path: Path) ->
                 assert not card["unreachable"], card["error"]
                 assert card["loss"] > 0
                 assert card["canvases"] >= 2
+            # plain words: every card says what it shows; the hint names the command that
+            # started the node; weights are compared in words, "same records -> same weights"
+            assert seen["plainTiles"] == seen["tiles"] == 6
+            assert seen["evalHint"] == "set with seedswarm swarm --eval FILE --eval-every N"
+            assert seen["headroom"] == "exact, same records → same weights"
+            assert seen["cardWeights"]["n0"] == "this node"
+            assert seen["cardWeights"]["n1"] in (
+                "same records, same weights", "other records (in flight)",
+                "same records, not hashed yet",
+            )  # fmt: skip
+            assert seen["agreement"].startswith(
+                ("✓ same records, same weights", "no reachable peer")
+            )
+            assert st["started_by"] == "swarm"
         # the peer's card is what the peer itself says, read from its own endpoint
         n1_url = next(p["http"] for p in second["status"]["peers"] if p["node"] == "n1")
         assert second["peers"]["n1"]["http"] == n1_url

@@ -182,7 +182,7 @@ def engine_answers() -> str | None:
 def start_engine(workdir: Path) -> Engine | str:
     """A running engine, or the reason none can run here (the caller skips with it)."""
     if shutil.which("docker") is None:
-        return "no docker CLI (apt-get install docker.io; .ci/run does)"
+        return "no docker CLI (apt-get install docker.io; scripts/test does)"
     version = engine_answers()
     if version is not None:
         say(f"reusing the running Docker engine {version}")
@@ -193,7 +193,7 @@ def start_engine(workdir: Path) -> Engine | str:
         "/usr/sbin/dockerd" if os.path.exists("/usr/sbin/dockerd") else None
     )
     if dockerd is None:
-        return "no dockerd (apt-get install docker.io; .ci/run does)"
+        return "no dockerd (apt-get install docker.io; scripts/test does)"
     # a dockerd killed hard leaves its pid file, and a new one refuses to start
     pidfile = Path("/var/run/docker.pid")
     with contextlib.suppress(OSError, ValueError):

@@ -62,7 +62,7 @@ def compose_command() -> list[str]:
         return ["docker-compose"]
     if run(["docker", "compose", "version"], check=False).returncode == 0:
         return ["docker", "compose"]
-    pytest.fail("no docker-compose (apt-get install docker-compose; .ci/run does)")
+    pytest.fail("no docker-compose (apt-get install docker-compose; scripts/test does)")
 
 
 # ============================================================================= fixtures

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,4 +80,83 @@ def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path) -> None:
     assert "status endpoint" in err
     # Ctrl+C first lets the nodes stop stepping and apply what was in flight: they stop agreeing
     assert "stopping: the nodes take no more steps" in err
-    assert "all nodes agree: fingerprint" in err, err[-2000:]
+    assert "all nodes agree: the same " in err, err[-2000:]
+
+
+def test_an_fzoo_swarm_ends_by_itself_and_steps_is_a_total(tmp_path: Path) -> None:
+    """FZOO writes K records a step: the swarm still ends by itself once every node holds its
+    --steps steps and every node's records. In the same directory --steps is a total: a larger
+    one takes the rest ("resuming"), the same one takes nothing; and the log of any node,
+    exported to one file, rebuilds the swarm's model elsewhere."""
+    swarm = tmp_path / "swarm"
+    k = 2
+
+    def run(steps: int) -> tuple[dict[str, Any], str]:
+        proc = cli(
+            "swarm", "--nodes", "2", "--steps", str(steps), "--estimator", "fzoo",
+            "--directions", str(k), "--dir", str(swarm), "--json", timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report["ok"] is True
+        assert report["agree"] is True
+        for n in report["nodes"]:
+            assert n["version_vector"] == {"n0": steps * k, "n1": steps * k}
+            assert n["steps"]["taken"] == steps
+            assert n["fingerprint"] == report["fingerprint"]
+        return report, proc.stderr
+
+    first, said = run(3)
+    assert "resuming" not in said
+    shown = cli("status", str(swarm), check=True).stdout  # the swarm's directory, offline
+    assert "2 nodes of run default" in shown
+    assert "every node holds the same records and the same weights" in shown
+    more, said = run(5)
+    assert (
+        f"resuming in {swarm}: the nodes hold n0 3, n1 3 own steps; they take the rest up to "
+        "--steps 5 each (a total)"
+    ) in said
+    assert more["fingerprint"] != first["fingerprint"]
+    same, said = run(5)
+    assert "the nodes hold n0 5, n1 5 own steps, --steps 5 or more each" in said
+    assert same["fingerprint"] == more["fingerprint"]
+
+    # the log of n1 (which holds n0's records too) as one file, replayed elsewhere
+    cli_json("log", "export", str(swarm / "n1"), "--out", str(tmp_path / "run.swlog"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "run.swlog").rename(elsewhere / "run.swlog")
+    cli_json("log", "import", str(elsewhere / "run.swlog"), "--out", str(elsewhere / "run"))
+    assert cli_json("replay", str(elsewhere / "run"))["fingerprint"] == more["fingerprint"]
+
+
+def test_a_swarm_says_at_once_that_its_broker_is_unreachable(tmp_path: Path) -> None:
+    """A wrong --broker: a line before the nodes even start, each node's broker state and error
+    in the progress, and at Ctrl+C no claim that the nodes agree on anything."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    progress = tmp_path / "swarm" / "swarm.log"
+    refused = f"broker (n0): nothing accepts connections at mqtt://127.0.0.1:{port}"
+
+    def shown(_: subprocess.Popen[str]) -> bool:
+        return progress.exists() and refused in progress.read_text()
+
+    ended = signalled_cli(
+        "swarm", "--nodes", "1", "--broker", f"mqtt://127.0.0.1:{port}", "--dir",
+        str(tmp_path / "swarm"), "--settle", "5",
+        ready=shown, what="the swarm to show the broker's error", sig=signal.SIGINT,
+        ready_timeout=240, exit_timeout=120,
+    )  # fmt: skip
+    err = ended.stderr
+    lines = err.splitlines()
+    assert lines[0] == (
+        f"broker: nothing accepts connections at mqtt://127.0.0.1:{port} (connection refused): "
+        f"start a broker there (seedswarm broker --port {port}, or Mosquitto) or pass the right "
+        "--broker URL; retrying"
+    )  # before the run is built: no model load in between
+    assert lines[1].startswith("building the run")
+    assert "broker disconnected" in progress.read_text()  # the node's state, in the progress
+    assert f"n0 never reached the broker mqtt://127.0.0.1:{port}" in err
+    assert "the nodes hold no records: nothing was trained" in err
+    assert "all nodes agree" not in err

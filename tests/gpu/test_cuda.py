@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from seedswarm.model.engine import Engine, Hyper
+from seedswarm.model.engine import Engine
+from seedswarm.model.hyper import Hyper
 from seedswarm.model.kernels import TorchBackend, available_backends, make_backend
 from seedswarm.model.signs import signs_torch
 from seedswarm.protocol.manifest import TaskSpec
@@ -38,8 +39,22 @@ def test_cuda_signs_equal_the_numpy_reference(numel: int) -> None:
         assert np.array_equal(ref, got)
 
 
-def _grid_tensor(n: int, gen: torch.Generator) -> torch.Tensor:
-    return torch.randint(-(2**20), 2**20, (n,), generator=gen).to(torch.float32) * 2.0**-20
+def _state(n: int, gen: torch.Generator) -> torch.Tensor:
+    """int64 states: most below 2**20 grid steps, every eighth far beyond 2**24 (up to 2**62),
+    where the weights' fp32 rounding (nearest, ties to even) is exercised."""
+    n_ = torch.randint(-(2**20), 2**20, (n,), generator=gen, dtype=torch.int64)
+    n_[::8] = torch.randint(-(2**62), 2**62, (len(n_[::8]),), generator=gen, dtype=torch.int64)
+    return n_
+
+
+def _apply(
+    backend: str, device: torch.device, n: torch.Tensor, lowrank: bool, *args: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    state = n.clone().to(device)
+    w = torch.full(n.shape, 0.25, device=device)  # stale: every touched weight is rewritten
+    k = TorchBackend() if backend == "reference" else make_backend(backend, device)
+    (k.accumulate_lowrank if lowrank else k.accumulate)(state, w, *args)  # type: ignore[arg-type]
+    return state.cpu(), w.cpu()
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -48,15 +63,15 @@ def test_cuda_accumulate_equals_cpu_reference(backend: str, numel: int) -> None:
     if backend not in available_backends(CUDA):
         pytest.skip("Triton is not installed")
     gen = torch.Generator().manual_seed(numel)
-    base = _grid_tensor(numel, gen)
+    base = _state(numel, gen)
     for records in (1, 16, 300):
         seeds = [int(x) for x in torch.randint(0, 2**62, (records,), generator=gen)] + [2**64 - 1]
         steps = [int(x) for x in torch.randint(-5000, 5000, (records + 1,), generator=gen)]
-        ref = base.clone()
-        TorchBackend().accumulate(ref, 7, seeds, steps, 2.0**-20)
-        got = base.clone().to(CUDA)
-        make_backend(backend, CUDA).accumulate(got, 7, seeds, steps, 2.0**-20)
-        assert torch.equal(got.cpu(), ref), (backend, numel, records)
+        args = (7, seeds, steps, 2.0**-20)
+        ref = _apply("reference", torch.device("cpu"), base, False, *args)
+        got = _apply(backend, CUDA, base, False, *args)
+        assert torch.equal(got[0], ref[0]), (backend, numel, records, "state")
+        assert torch.equal(got[1].view(torch.int32), ref[1].view(torch.int32)), "weights"
 
 
 def _tiny(device: str, kernel: str) -> Engine:
@@ -124,15 +139,15 @@ def test_cuda_lowrank_equals_cpu_reference(backend: str, rows: int, cols: int) -
     if backend not in available_backends(CUDA):
         pytest.skip("Triton is not installed")
     gen = torch.Generator().manual_seed(rows * 7 + cols)
-    base = _grid_tensor(rows * cols, gen).view(rows, cols)
+    base = _state(rows * cols, gen).view(rows, cols)
     for records in (1, 16, 300):
         seeds = [int(x) for x in torch.randint(0, 2**62, (records,), generator=gen)] + [2**64 - 1]
         steps = [int(x) for x in torch.randint(-5000, 5000, (records + 1,), generator=gen)]
-        ref = base.clone()
-        TorchBackend().accumulate_lowrank(ref, 7, seeds, steps, 2.0**-20)
-        got = base.clone().to(CUDA)
-        make_backend(backend, CUDA).accumulate_lowrank(got, 7, seeds, steps, 2.0**-20)
-        assert torch.equal(got.cpu(), ref), (backend, rows, cols, records)
+        args = (7, seeds, steps, 2.0**-20)
+        ref = _apply("reference", torch.device("cpu"), base, True, *args)
+        got = _apply(backend, CUDA, base, True, *args)
+        assert torch.equal(got[0], ref[0]), (backend, rows, cols, records, "state")
+        assert torch.equal(got[1].view(torch.int32), ref[1].view(torch.int32)), "weights"
 
 
 def _tiny_k(device: str, kernel: str, direction: str) -> Engine:
@@ -172,3 +187,30 @@ def test_cuda_fzoo_steps_leave_what_a_cpu_replay_reproduces(direction: str) -> N
     cpu = Engine.open(gpu.manifest, device="cpu", kernel="torch")
     cpu.apply(records[::-1])
     assert cpu.fingerprint() == gpu.fingerprint()
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+@pytest.mark.parametrize("direction", ["dense", "lowrank"])
+def test_cuda_replays_a_long_run_past_two_to_the_24_like_the_cpu(
+    kernel: str, direction: str
+) -> None:
+    """A coarse update unit takes the tensors far past 2**24 grid steps in 2,000 records (see
+    tests/unit/model/test_long_runs.py): the CUDA replica still has the CPU's fingerprint."""
+    if kernel not in available_backends(CUDA):
+        pytest.skip("Triton is not installed")
+    hyper = Hyper(
+        lr=3e-3, unit_exp=-5, grid_min_exp=-21, direction=direction,
+        trainable=r"ln_f|h\.0\.attn\.c_proj\.weight",
+    )  # fmt: skip
+    cpu = Engine.build("gpu", "tiny", TaskSpec(kind="causal_lm", seq_len=32), hyper)
+    rng = random.Random(4)
+    records = [Record("n", i, rng.randint(-127, 127), 1) for i in range(2000)]
+    cpu.apply(records)
+    assert cpu.headroom(measure=True).coarse > 0
+    gpu = Engine.open(cpu.manifest, device="cuda", kernel=kernel)
+    shuffled = records[:]
+    random.Random(5).shuffle(shuffled)
+    gpu.apply(shuffled, batch=64)
+    assert gpu.fingerprint() == cpu.fingerprint()
+    for (name, a), (_, b) in zip(cpu.trainable, gpu.trainable, strict=True):
+        assert torch.equal(a.detach().view(torch.int32), b.detach().cpu().view(torch.int32)), name

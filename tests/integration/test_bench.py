@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from seedswarm.daemon.errors import ConfigError
-from seedswarm.daemon.mosquitto import mosquitto
+from seedswarm.daemon.launch.mosquitto import mosquitto
 
 from ..helpers import cli, cli_json, signalled_cli, wait_until
 
@@ -41,9 +41,14 @@ def test_bench_step_compares_with_two_forwards_and_mezo() -> None:
     assert mem["weights"] == 4 * out["params"]
     assert mem["peak_zo_step"] > 0
     assert mem["measured_in"] == "a fresh process per arm"
-    assert set(mem["above_loaded"]) == {"two_forwards", "zo_step", "mezo_step"}
+    assert set(mem["above_loaded"]) == {"two_forwards", "zo_step", "mezo_step", "inference"}
     assert all(0 < up < mem["peak_zo_step"] for up in mem["above_loaded"].values())
     assert mem["peak_two_forwards"] > 0
+    # the bare model's inference, without a replica: the ZO step's state shows against it
+    assert 0 < mem["peak_inference"] < mem["peak_zo_step"]
+    assert math.isclose(
+        out["memory_ratio_zo_vs_inference"], mem["peak_zo_step"] / mem["peak_inference"]
+    )
 
 
 def test_bench_apply_reports_records_per_second_against_both_references() -> None:
@@ -185,3 +190,69 @@ def test_a_terminated_bench_load_stops_its_broker_relay_and_workers() -> None:
         return not any(Path(f"/proc/{pid}").exists() for pid in ours)
 
     wait_until(gone, timeout=30, what=f"the bench's processes to end: {ours}")
+
+
+def test_bench_exact_two_orders_and_batchings_give_one_state() -> None:
+    """Realistic and worst-case values, dense and low-rank: replica A (log order, batches of
+    256) and replica B (a random permutation, batches of 1..512) end with one fingerprint and
+    the same weight bits; the headroom is reported along the way."""
+    out = cli_json(
+        "bench", "exact", "--exact-runs", "tiny:3000", "--exact-direction", "dense,lowrank",
+        "--exact-every", "1000",
+    )  # fmt: skip
+    assert out["bench"] == "exact"
+    assert out["all_agree"] is True
+    rows = {(r["direction"], r["q"]): r for r in out["rows"]}
+    assert set(rows) == {(d, q) for d in ("dense", "lowrank") for q in ("realistic", "worst")}
+    for row in rows.values():
+        assert row["records"] == 3000
+        assert row["fingerprint_a"] == row["fingerprint_b"]
+        assert row["weights_equal"] is True
+        assert [c["records"] for c in row["checkpoints"]] == [0, 1024, 2048, 3000]
+        for c in row["checkpoints"]:
+            assert 30 < c["bound_bits"] <= c["measured_bits"] <= 63
+            assert c["bound_records"] > 10**12
+    assert math.isclose(rows["dense", "realistic"]["mean_abs_q"], 35, abs_tol=2)
+    assert rows["dense", "worst"]["mean_abs_q"] == 127
+    # the worst case moves the state faster than the realistic values do
+    end = {k: r["checkpoints"][-1]["max_steps"] for k, r in rows.items()}
+    assert end["dense", "worst"] > end["dense", "realistic"]
+    # the two value kinds and the two directions are different logs and different states
+    assert len({r["fingerprint_a"] for r in rows.values()}) == 4
+
+
+def test_bench_exact_refuses_a_bad_run_list() -> None:
+    done = cli("bench", "exact", "--exact-runs", "tiny", check=False)
+    assert done.returncode == 2
+    assert "MODEL:RECORDS" in done.stderr
+
+
+def test_bench_scale_gives_a_curve_of_efficiency_against_nodes(tmp_path: Path) -> None:
+    """A small run on the tiny model in virtual time: efficiency 1 at one node by definition,
+    a point per swarm size and seed, staleness growing with the swarm, a plot."""
+    out = cli_json(
+        "bench", "scale", "--model", "tiny", "--scale-nodes", "1,3", "--scale-seeds", "2",
+        "--scale-budget", "240", "--scale-eval-every", "60", "--scale-target-loss", "5.2",
+        "--scale-step-s", "0.1", "--scale-latency", "0.05",
+        "--scale-plot", str(tmp_path / "scale.png"),
+    )  # fmt: skip
+    assert out["bench"] == "scale"
+    assert out["target_accuracy"] is None  # a causal LM: loss only
+    one, three = out["points"]
+    assert (one["nodes"], three["nodes"]) == (1, 3)
+    assert len(one["runs"]) == len(three["runs"]) == 2
+    assert one["efficiency_loss"] == 1.0
+    assert all(r["unseen_per_step"] == 0 for r in one["runs"])
+    assert all(r["unseen_per_step"] > 0 for r in three["runs"])  # others' records in flight
+    for p in (one, three):
+        for r in p["runs"]:
+            assert r["records_to_loss"] is not None, r["curve"]
+            records = [c[0] for c in r["curve"]]
+            assert records == sorted(records)
+            assert r["curve"][0][1] > 5.2 >= r["curve"][-1][1]
+    if three["efficiency_loss"] is not None:
+        assert math.isclose(
+            three["efficiency_loss"], one["records_to_loss"] / three["records_to_loss"]
+        )
+    assert out["apply_s_per_record"] > 0
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

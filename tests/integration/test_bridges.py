@@ -1,6 +1,6 @@
 """Mosquitto bridges: a root broker and two regional brokers, each bridged to the root.
 
-What this proves (issue 13, the broker tier): with the bridge of daemon/mosquitto.py
+What this proves (issue 13, the broker tier): with the bridge of daemon/launch/mosquitto.py
 (``bridge_config``: ``<prefix>/#`` both ways at QoS 1, MQTT 5 No Local and Retain As Published),
 every message crosses the tier exactly once and retained presence stays retained on every
 broker; nodes spread over the three brokers agree on one fingerprint; when a regional broker
@@ -21,7 +21,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from seedswarm.daemon.mosquitto import bridge_config
+from seedswarm.daemon.launch.mosquitto import bridge_config
 
 from ..helpers import MOSQUITTO, Broker, NodeProc, converged, running, wait_until
 
@@ -71,7 +71,7 @@ class Tier:
 @pytest.fixture
 def tier(tmp_path: Path) -> Iterator[Tier]:
     if MOSQUITTO is None:
-        pytest.fail("mosquitto is not installed: apt install mosquitto (.ci/run does)")
+        pytest.fail("mosquitto is not installed: apt install mosquitto (scripts/test does)")
     t = Tier(tmp_path / "brokers")
     try:
         t.root.start()

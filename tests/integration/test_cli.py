@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from seedswarm.daemon.datadir import DataDir, read_manifest_file
-from seedswarm.daemon.store import Stored
+from seedswarm.daemon.store.datadir import DataDir, read_manifest_file
+from seedswarm.daemon.store.log_store import Stored
 from seedswarm.protocol.codec import encode_frame
 from seedswarm.protocol.records import Frame
 
@@ -171,7 +171,24 @@ ONE_LINE_ERRORS = [
     (["train", "--out", "{tmp}/x", "--device", "cuda:0"], "no CUDA device"),
     (["train", "--out", "{tmp}/x", "--model", "{tmp}/nomodel"], "does not exist"),
     (["train", "--out", "{tmp}/x", "--shard", "3/2"], "--shard 3/2"),
-    (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["train", "--no-such-flag"], "seedswarm train: error: unknown option --no-such-flag"),
+    # a misspelt flag or command is named, with what was meant, by the command it was given to
+    (
+        ["train", "--stepz", "10"],
+        "seedswarm train: error: unknown option --stepz (did you mean --steps?)",
+    ),
+    (["trian", "--steps", "3"], "invalid choice: 'trian' (did you mean train?)"),
+    (["node", "--config", "{tmp}/node.toml"], "unknown setting 'stepz' (did you mean steps?)"),
+    # no abbreviations: --node is no prefix of --nodes (argparse's default would take it)
+    (
+        ["swarm", "--node", "3"],
+        "seedswarm swarm: error: unknown option --node (did you mean --nodes?)",
+    ),
+    (["node", "--broker", "mqtt://127.0.0.1:99999"], "the port '99999' is not in 1..65535"),
+    (["node", "--http", "127.0.0.1:99999"], "the port 99999 is not in 0..65535"),
+    (["broker", "--port", "99999"], "--port: 99999 is not a port"),
+    (["status", "no-such-dir"], "is neither a data directory here nor a status URL"),
+    (["eval", "{tmp}/not-a-run"], "is not a run directory"),
     (["replay", "{tmp}/not-a-run"], "is not a run directory"),
     (["node", "--broker", "http://x", "--data-dir", "{tmp}/d"], "use mqtt://host:port"),
     (["status", "http://127.0.0.1:9"], "cannot reach"),
@@ -183,6 +200,7 @@ ONE_LINE_ERRORS = [
 @pytest.mark.parametrize(("args", "message"), ONE_LINE_ERRORS)
 def test_user_errors_are_one_clear_line(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "data.xml").write_text("<x/>")
+    (tmp_path / "node.toml").write_text("stepz = 3\n")
     proc = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -205,3 +223,129 @@ def test_a_run_directory_of_another_run_is_refused(tmp_path: Path) -> None:
     proc = cli("train", "--steps", "2", "--out", str(tmp_path / "run"), "--lr", "0.5")
     assert proc.returncode == 2
     assert "belongs to another run (differs in: lr)" in proc.stderr
+
+
+def test_version_and_short_help() -> None:
+    from importlib.metadata import version
+
+    assert cli("--version", check=True).stdout == f"seedswarm {version('seedswarm')}\n"
+    short = cli("node", "--help", check=True).stdout
+    full = cli("node", "--help-all", check=True).stdout
+    assert "--broker" in short
+    assert "--max-latency" not in short  # an advanced option: --help-all only
+    assert "more options: seedswarm node --help-all" in short
+    assert "--max-latency" in full
+    assert "[env SEEDSWARM_MAX_LATENCY]" in full
+    assert len(short.splitlines()) < len(full.splitlines()) // 2
+    bench = cli("bench", "--help-all", check=True).stdout
+    assert "bench load:" in bench  # one group per benchmark
+    assert "bench load:" not in cli("bench", "--help", check=True).stdout
+
+
+NO_TORCH = """
+import sys
+from seedswarm.daemon.cli.main import main
+code = main(sys.argv[1:])
+assert "torch" not in sys.modules, "this command imported torch"
+print("exit", code)
+"""
+
+
+def test_status_log_and_eval_of_a_data_directory(tmp_path: Path) -> None:
+    """After a run: status, log and eval of its directory, no node and no URL needed; status
+    and log never import torch (they answer at once), and eval reads the run's own eval data."""
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("the cat sees the ball.\na dog likes the river.\n" * 40)
+    run = tmp_path / "run"
+    out = cli_json(
+        "train", "--steps", "6", "--out", str(run), "--eval", str(held_out), "--estimator",
+        "fzoo", "--directions", "2",
+    )  # fmt: skip
+    k = 2
+
+    shown = cli("status", str(run), check=True).stdout
+    assert f"{run}: node n0 of run default ({out['run_id']}, open), model tiny" in shown
+    assert f"records  {6 * k}: n0 {6 * k}" in shown
+    assert "steps    n0 6  (fzoo: 2 records a step)" in shown
+    assert (
+        f"weights  fingerprint {out['fingerprint'][:16]}  (its snapshot holds every record)"
+        in shown
+    )
+    st = cli_json("status", str(run))
+    assert st["version_vector"] == {"n0": 6 * k}
+    assert st["steps"] == {"n0": 6}
+    assert st["fingerprint"] == out["fingerprint"]
+    assert st["eval_data"] == str(held_out)
+
+    page = cli_json("log", str(run), "--limit", "5")
+    assert page["total"] == 6 * k
+    assert [(r["node"], r["seq"]) for r in page["records"]] == [("n0", i) for i in range(5)]
+    rest = cli_json("log", str(run), "--after", page["next"], "--limit", "100")
+    assert len(rest["records"]) == 6 * k - 5
+    text = cli("log", str(run), check=True).stdout
+    assert "q:     the signed byte" in text  # what the columns mean
+    assert "seq:   the author's record number" in text
+
+    for args in (["status", str(run)], ["log", str(run), "--json"], ["--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", NO_TORCH, *args],
+            capture_output=True, text=True, env=env(), timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert "exit 0" in proc.stdout or args == ["--help"], proc.stdout
+
+    # eval without --data: the run's own held-out data, the numbers train reported
+    ev = cli("eval", str(run), "--compare-base", "--json", check=True)
+    assert f"evaluating on the run's held-out data, {held_out}" not in ev.stderr  # --json: quiet
+    result = json.loads(ev.stdout.strip().splitlines()[-1])
+    assert result["data"] == str(held_out)
+    assert result["loss"] == pytest.approx(out["eval"][-1]["loss"], rel=1e-5)
+    assert result["base"]["loss"] == pytest.approx(out["eval"][0]["loss"], rel=1e-5)
+    said = cli("eval", str(run), check=True).stderr
+    assert f"evaluating on the run's held-out data, {held_out} (its --eval)" in said
+
+
+def test_train_steps_is_a_total_and_says_resuming(tmp_path: Path) -> None:
+    """--steps is what the run directory should hold, with any estimator (FZOO writes K
+    records a step): the same command again takes nothing, a larger one takes the rest."""
+    run = str(tmp_path / "run")
+    fz = ["--estimator", "fzoo", "--directions", "4"]
+    first = cli_json("train", "--steps", "3", "--out", run, *fz)
+    assert (first["steps"], first["records"]) == (3, 12)
+    again = cli("train", "--steps", "3", "--out", run, *fz, check=True)
+    assert "already holds 3 steps of n0 (--steps 3 is the total" in again.stderr
+    assert "train 3/3" not in again.stderr  # no progress of a run that takes no step
+    more = cli("train", "--steps", "5", "--out", run, *fz, "--json", check=True)
+    assert f"resuming from step 3 in {run}: 2 more to reach --steps 5" in more.stderr
+    summary = json.loads(more.stdout.strip().splitlines()[-1])
+    assert (summary["steps"], summary["records"]) == (2, 20)
+    assert summary["version_vector"] == {"n0": 20}
+
+
+def test_log_export_and_import_rebuild_the_run_elsewhere(tmp_path: Path) -> None:
+    """A run's log as one file (docs/PROTOCOL.md §11): imported into a fresh directory, with
+    nothing but the file, it replays to the run's fingerprint."""
+    run = tmp_path / "run"
+    out = cli_json("train", "--steps", "12", "--out", str(run), "--frame-records", "5")
+    exported = cli_json("log", "export", str(run), "--out", str(tmp_path / "run.swlog"))
+    assert exported["records"] == 12
+    assert exported["frames"] == 3
+    data = (tmp_path / "run.swlog").read_bytes()
+    assert data.startswith(b"\x89swlog\r\n\x1a\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "run.swlog").write_bytes(data)
+    imported = cli_json(
+        "log", "import", str(elsewhere / "run.swlog"), "--out", str(elsewhere / "run")
+    )
+    assert imported["version_vector"] == {"n0": 12}
+    assert sorted(p.name for p in (elsewhere / "run").iterdir()) == ["log.sqlite", "manifest.json"]
+    replayed = cli_json("replay", str(elsewhere / "run"))
+    assert replayed["fingerprint"] == out["fingerprint"]
+    # a file cut short counts for nothing: no directory is left behind
+    (elsewhere / "cut.swlog").write_bytes(data[:-1])
+    proc = cli("log", "import", str(elsewhere / "cut.swlog"), "--out", str(elsewhere / "cut"))
+    assert proc.returncode == 2
+    assert "is not a usable log export (truncated)" in proc.stderr
+    assert not (elsewhere / "cut").exists()
+    assert not (elsewhere / "cut.importing").exists()

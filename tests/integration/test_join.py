@@ -17,20 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import threading
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import aiohttp
 import aiomqtt
 import pytest
-import torch
 from aiohttp import web
 
-from seedswarm.daemon import snapshots
-from seedswarm.daemon.datadir import DataDir
-from seedswarm.daemon.join import file_sha256, snapshot_routes
+from seedswarm.daemon.node.join import file_sha256, snapshot_routes
+from seedswarm.daemon.store import snapshots
+from seedswarm.daemon.store.datadir import DataDir
 from seedswarm.model.audit import total_blocks
 from seedswarm.model.engine import Engine
 from seedswarm.protocol.codec import encode_bundle, encode_frame
@@ -39,48 +35,21 @@ from seedswarm.protocol.records import Frame
 from seedswarm.protocol.topics import Topics
 from seedswarm.protocol.vv import digest_bytes
 
-from ..helpers import Broker, NodeProc, cli_json, converged, free_port, running, wait_until
+from ..helpers import (
+    Broker,
+    NodeProc,
+    cli_json,
+    converged,
+    free_port,
+    loop_thread,
+    running,
+    serve,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
-T = TypeVar("T")
 AUDIT_ALL = ["--audit-blocks", "100000"]  # more than the tiny model's blocks: every one
-
-
-class LoopThread:
-    """An event loop on a thread of its own, for servers the test runs beside the nodes."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, make: Callable[[], Awaitable[T]], timeout: float = 30) -> T:
-        async def run() -> T:
-            return await make()
-
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@contextlib.contextmanager
-def loop_thread() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
-
-
-async def serve(app: web.Application, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
 
 
 def slow_proxy(upstream: str, seen: list[dict[str, str]], rate: int = 48 * 1024) -> web.Application:
@@ -181,8 +150,8 @@ LIAR_RECORDS = 20
 
 
 def forged_snapshot(source: Path, out: Path) -> tuple[snapshots.SnapshotInfo, int]:
-    """The true weights after ``source``'s whole log, with one element moved by one grid step
-    and the fingerprint of those altered weights; and the model's block count."""
+    """The true state after ``source``'s whole log, with one element moved by one grid step
+    and the fingerprint of that altered state; and the model's block count."""
     manifest, log, _ = DataDir(source).load()
     engine = Engine.open(manifest)
     engine.apply(list(log.ordered()))
@@ -190,7 +159,7 @@ def forged_snapshot(source: Path, out: Path) -> tuple[snapshots.SnapshotInfo, in
     t = max(range(len(engine.grids)), key=lambda i: engine.grids[i].numel)
     name = engine.trainable[t][0]
     flat = state[name].view(-1)
-    flat[1000] = flat[1000] + torch.tensor(2.0 ** engine.grids[t].exp)
+    flat[1000] += 1  # one grid step
     engine.load_trainable_state(state)
     snap = snapshots.save(
         out, state, run_id=manifest.run_id().hex(), version_vector=log.held(),
@@ -202,7 +171,7 @@ def forged_snapshot(source: Path, out: Path) -> tuple[snapshots.SnapshotInfo, in
 class Liar:
     """A peer of an open run, written here: it publishes records of its own (valid ones, so its
     snapshot covers more records than an honest donor's and is the one a joiner tries first,
-    daemon/join.py: choose), then serves a forged snapshot with the node's own serving code and
+    daemon/node/join.py: choose), then serves a forged snapshot with the node's own serving code and
     advertises it in its presence, twice a second, like a node."""
 
     def __init__(self, broker: Broker, run_id: bytes) -> None:

@@ -42,12 +42,16 @@ def test_the_wheel_holds_only_the_seedswarm_namespace(tmp_path: Path) -> None:
     for needed in (
         "seedswarm/protocol/codec.py",
         "seedswarm/model/engine.py",
-        "seedswarm/daemon/cli.py",
-        "seedswarm/daemon/relay.py",
-        "seedswarm/daemon/dashboard/index.html",
-        "seedswarm/daemon/dashboard/uPlot.iife.min.js",
+        "seedswarm/daemon/cli/main.py",
+        "seedswarm/daemon/cli/__main__.py",
+        "seedswarm/daemon/relay/relay.py",
+        "seedswarm/daemon/status/dashboard/index.html",
+        "seedswarm/daemon/status/dashboard/uPlot.iife.min.js",
     ):
         assert needed in names
+    # every module of every daemon/ subpackage (pyproject lists the subpackages one by one)
+    for path in (REPO / "daemon").rglob("*.py"):
+        assert f"seedswarm/daemon/{path.relative_to(REPO / 'daemon').as_posix()}" in names
     assert any(n.startswith("seedswarm/model/_zokernel") and n.endswith(".so") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert (

@@ -52,7 +52,7 @@ def test_nodes_listen_to_relays_and_fall_back_when_they_die(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
     steps = 150
-    pace = ["--step-interval", "0.2", "--max-latency", "0.3"]
+    pace = ["--step-interval", "0.2", "--max-latency", "0.3", "--relays", "r0,r1"]
     nodes = [NodeProc(f"n{i}", tmp_path, mosquitto.url, *pace, steps=steps) for i in range(3)]
     relays = [RelayProc(f"r{i}", tmp_path, mosquitto.url, tmp_path / "n0") for i in range(2)]
     with running(*nodes, *relays):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from seedswarm.daemon.errors import StoreError
-from seedswarm.daemon.store import SqliteLogStore, Stored
+from seedswarm.daemon.store.log_store import SqliteLogStore, Stored
 from seedswarm.protocol.codec import encode_frame
 from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.manifest import Manifest, TaskSpec

@@ -21,8 +21,9 @@ import aiomqtt
 import pytest
 
 from seedswarm.daemon.settings import BrokerAddress
-from seedswarm.daemon.transport import MqttTransport, TransportSpec
-from seedswarm.protocol.session import Outgoing
+from seedswarm.daemon.transport import TransportSpec
+from seedswarm.daemon.transport.mqtt import MqttTransport
+from seedswarm.protocol.events import Kind, Outgoing
 from seedswarm.protocol.topics import Subscription
 
 from ..helpers import Broker
@@ -108,7 +109,7 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
             client_id="session-test",
             subscriptions=[Subscription("t/in/#", 1)],
             on_message=lambda topic, payload: received.append(payload.decode()),
-            will=Outgoing("t/will", b"gone", "presence", retain=True),
+            will=Outgoing("t/will", b"gone", Kind.PRESENCE, retain=True),
         ),
         keepalive=5,
     )
@@ -131,14 +132,14 @@ async def _session_and_outbox(mosquitto: Broker, relay: CuttableRelay) -> None:
             # paho hands "before" to on_message before it sends the PUBACK; cut now and the
             # broker would rightly deliver it again. A publish of our own is a barrier: its
             # PUBACK comes back after the broker has read everything sent before it.
-            transport.publish(Outgoing("t/out/x", b"barrier", "frame"))
+            transport.publish(Outgoing("t/out/x", b"barrier", Kind.FRAME))
             await _wait(lambda: not transport.statistics().outbox)
 
             relay.cut()
             await _wait(lambda: not transport.connected.is_set())
             for i in range(10):
                 await other.publish("t/in/x", f"during-{i}".encode(), qos=1)
-                transport.publish(Outgoing("t/out/x", f"queued-{i}".encode(), "frame"))
+                transport.publish(Outgoing("t/out/x", f"queued-{i}".encode(), Kind.FRAME))
             await _wait(lambda: relay.turned_away >= 1)  # a reconnect attempt hit the cut
             assert transport.connects == 1  # ... and did not pass for a connection
             assert transport.statistics().outbox == 10  # nothing acknowledged while cut

@@ -1,7 +1,10 @@
 """The import graph of seedswarm: no cycles, and the layers point one way only.
 
-protocol/ imports neither model/ nor daemon/; model/ imports no daemon/. Every import counts,
-at module level or inside a function, typing-only or not.
+protocol/ imports neither model/ nor daemon/; model/ imports no daemon/. Inside daemon/, the
+runtime (what a node or a relay runs: transport, store, peer, node, relay, status and the
+shared modules at the root) never imports the tools built on it: bench/, cli/ and launch/.
+Every import counts, at module level or inside a function, typing-only or not, in every
+subpackage.
 """
 
 from __future__ import annotations
@@ -21,11 +24,17 @@ PACKAGES = {
 }
 
 
+TOOLS = ("seedswarm.daemon.bench", "seedswarm.daemon.cli", "seedswarm.daemon.launch")
+
+
 def _modules() -> dict[str, Path]:
     out = {}
     for pkg, root in PACKAGES.items():
-        for path in sorted(root.glob("*.py")):
-            out[pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"] = path
+        for path in sorted(root.rglob("*.py")):
+            parts = [pkg, *path.relative_to(root).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
     return out
 
 
@@ -92,12 +101,31 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def tool_imports(g: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(runtime module, tool module) for every import of a tool by the runtime."""
+
+    def tool(name: str) -> bool:
+        return any(name == t or name.startswith(t + ".") for t in TOOLS)
+
+    return sorted(
+        (name, t)
+        for name, targets in g.items()
+        if name.startswith("seedswarm.daemon") and not tool(name)
+        for t in targets
+        if tool(t)
+    )
+
+
 def test_the_graph_sees_every_module_and_its_imports() -> None:
     g = graph()
     assert "seedswarm.protocol.session" in g
     assert "seedswarm.protocol.log" in g["seedswarm.protocol.session"]
-    assert "seedswarm.daemon.snapshots" in g["seedswarm.daemon.node"]  # `from . import x`
-    assert "seedswarm.model.replica" in g["seedswarm.daemon.node"]
+    node = g["seedswarm.daemon.node.node"]  # a module of a subpackage
+    assert "seedswarm.daemon.store.snapshots" in node  # `from seedswarm.daemon.store import x`
+    assert "seedswarm.model.replica" in node
+    assert "seedswarm.daemon.node.join" in node  # `from .join import y`, one folder down
+    assert "seedswarm.daemon.cli.main" in g["seedswarm.daemon.cli"]  # a package's __init__
+    assert "seedswarm.daemon.cli.main" in g["seedswarm.daemon.cli.__main__"]
 
 
 def test_no_import_cycles() -> None:
@@ -116,3 +144,22 @@ def test_layers_point_one_way() -> None:
             assert not {t for t in targets if not t.startswith("seedswarm.protocol")}, name
         if name.startswith("seedswarm.model"):
             assert not {t for t in targets if t.startswith("seedswarm.daemon")}, name
+
+
+def test_the_runtime_never_imports_the_tools_built_on_it() -> None:
+    """bench/, cli/ and launch/ use the runtime; nothing a node or a relay runs imports them."""
+    assert tool_imports(graph()) == []
+
+
+def test_the_tool_rule_finds_a_runtime_module_that_imports_a_tool() -> None:
+    g = {
+        "seedswarm.daemon.node.node": {"seedswarm.daemon.bench.run", "seedswarm.daemon.errors"},
+        "seedswarm.daemon.cli.main": {"seedswarm.daemon.launch.swarm"},  # a tool may use one
+        "seedswarm.daemon.launch.swarm": {"seedswarm.daemon.status.schema"},
+        "seedswarm.daemon.status.schema": set(),
+        "seedswarm.daemon.errors": {"seedswarm.daemon.cli"},
+    }
+    assert tool_imports(g) == [
+        ("seedswarm.daemon.errors", "seedswarm.daemon.cli"),
+        ("seedswarm.daemon.node.node", "seedswarm.daemon.bench.run"),
+    ]

@@ -10,19 +10,20 @@ from typing import Any
 
 import pytest
 
-from seedswarm.daemon.bench import run_bench
-from seedswarm.daemon.bench_control import (
+from seedswarm.daemon.bench.control import (
     HTTP,
     LOSS,
     MANIFEST,
     ME,
     OWN_RECORDS,
     PEER_RECORDS,
+    ControlResult,
     bench_control,
     peer_sizes,
     print_control,
 )
-from seedswarm.daemon.bench_options import BENCH_OPTIONS, BENCHES
+from seedswarm.daemon.bench.run import run_bench
+from seedswarm.daemon.bench.settings import BENCHES, BenchSettings
 from seedswarm.daemon.errors import ConfigError
 from seedswarm.protocol.messages import Presence, encode_presence
 from seedswarm.protocol.records import SIGNATURE_BYTES
@@ -30,8 +31,14 @@ from seedswarm.protocol.vv import digest_bytes
 
 
 @pytest.fixture(scope="module")
-def result() -> dict[str, Any]:
-    return bench_control({"peers": "2,3", "repeats": 1})
+def control() -> ControlResult:
+    return bench_control(BenchSettings(which="control", peers="2,3", repeats=1))
+
+
+@pytest.fixture(scope="module")
+def result(control: ControlResult) -> dict[str, Any]:
+    """The result as ``--json`` prints it."""
+    return control.to_json()
 
 
 def test_one_row_per_size_with_every_figure(result: dict[str, Any]) -> None:
@@ -79,8 +86,8 @@ def test_in_sync_sends_nothing_and_behind_asks_every_peer(result: dict[str, Any]
         assert row["heartbeat"]["behind"]["messages_out"] == row["peers"] + 1
 
 
-def test_printed_table_has_a_line_per_size(result: dict[str, Any]) -> None:
-    text = print_control(result)
+def test_printed_table_has_a_line_per_size(control: ControlResult) -> None:
+    text = print_control(control)
     lines = text.splitlines()
     assert lines[1].split()[0] == "peers"
     assert [line.split()[0] for line in lines[3:5]] == ["2", "3"]
@@ -89,13 +96,7 @@ def test_printed_table_has_a_line_per_size(result: dict[str, Any]) -> None:
 
 def test_the_command_is_registered_and_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert "control" in BENCHES
-    values = {o.name: o.default for o in BENCH_OPTIONS} | {
-        "which": "control",
-        "peers": "2",
-        "repeats": 1,
-        "json": True,
-    }
-    assert run_bench(values) == 0
+    assert run_bench(BenchSettings(which="control", peers="2", repeats=1, json=True)) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["bench"] == "control"
     assert out["rows"][0]["peers"] == 2

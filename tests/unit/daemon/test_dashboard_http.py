@@ -13,14 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seedswarm.daemon.http_status import (
+from seedswarm.daemon.status.node_routes import (
     DASHBOARD,
     MAX_LOG_LIMIT,
     LogPage,
-    StatusServer,
+    NodeRoutes,
     newest,
 )
-from seedswarm.daemon.status import NodeStatus
+from seedswarm.daemon.status.schema import NodeStatus
+from seedswarm.daemon.status.server import StatusServer
 from seedswarm.protocol.log import OrderKey
 
 
@@ -84,7 +85,8 @@ def test_newest_costs_pages_by_the_clock_not_by_the_length_of_the_log() -> None:
 @pytest.mark.asyncio
 async def test_the_page_its_files_and_cross_origin_reads() -> None:
     clocks = {"n0": list(range(30)), "n1": list(range(10))}
-    server = StatusServer(FakeSource(clocks))
+    source = FakeSource(clocks)
+    server = StatusServer(source, routes=NodeRoutes(source).routes())
     url = await server.start("127.0.0.1:0")
     try:
         async with aiohttp.ClientSession() as http:
@@ -131,10 +133,9 @@ def test_the_wheel_config_ships_every_dashboard_file() -> None:
 
     root = Path(__file__).resolve().parents[3]
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
-    patterns = config["package-data"]["seedswarm.daemon"]
-    on_disk = {p.name for p in (root / "daemon" / "dashboard").iterdir()}
-    shipped = {
-        p.name for p in itertools.chain.from_iterable((root / "daemon").glob(g) for g in patterns)
-    }
+    patterns = config["package-data"]["seedswarm.daemon.status"]
+    status = root / "daemon" / "status"
+    on_disk = {p.name for p in (status / "dashboard").iterdir()}
+    shipped = {p.name for p in itertools.chain.from_iterable(status.glob(g) for g in patterns)}
     assert set(DASHBOARD) <= shipped == on_disk
     assert not any(p.endswith(".c") or "csrc" in p for p in patterns)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from seedswarm.daemon.broker import free_ports
+from seedswarm.daemon.launch.broker import free_ports
 
 
 def test_free_ports_are_distinct_and_released() -> None:

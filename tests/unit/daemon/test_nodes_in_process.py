@@ -1,8 +1,9 @@
-"""Three real nodes in one process over the in-memory bus (a FAKE broker, memory_bus.py).
+"""Three real nodes in one process over the in-memory bus (``memory://``, a FAKE broker:
+daemon/transport/memory.py).
 
-This tests the node's logic (session, store, model thread, trainer, flusher, gap filling)
-quickly and without a broker; the same behaviour through real Mosquitto and real processes is
-tested in tests/integration.
+This tests the node's logic (driver, session, store, model thread, trainer, flusher, gap
+filling) quickly and without a broker; the same behaviour through real Mosquitto and real
+processes is tested in tests/integration.
 """
 
 from __future__ import annotations
@@ -12,21 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from seedswarm.daemon.node import Node
-from seedswarm.daemon.settings import LocalSettings, NodeSettings, RunSettings
-from seedswarm.daemon.status import NodeStatus
-
-from .memory_bus import MemoryBus, MemoryTransport
+from seedswarm.daemon.node.node import Node
+from seedswarm.daemon.settings import LocalSettings, MqttSettings, NodeSettings, RunSettings
+from seedswarm.daemon.status.schema import NodeStatus
+from seedswarm.daemon.transport.memory import MemoryBus, MemoryTransport
 
 pytestmark = pytest.mark.asyncio
 
 STEPS = 20
 
 
+def _bus(tmp_path: Path) -> MemoryBus:
+    """A bus of this test's own (its name is unique to the test)."""
+    return MemoryBus.named(f"nodes-{tmp_path.name}")
+
+
 def _node(
     bus: MemoryBus, tmp_path: Path, name: str, i: int, n: int, run: RunSettings | None = None
 ) -> Node:
     settings = NodeSettings(
+        mqtt=MqttSettings(broker=f"memory://{bus.name}"),
         run=run or RunSettings(name="mem"),
         local=LocalSettings(node=name, shard=f"{i}/{n}", batch_size=4, kernel="torch"),
         data_dir=str(tmp_path / name),
@@ -39,7 +45,7 @@ def _node(
         snapshot_every=25,
         torch_threads=1,
     )
-    return Node(settings, transport=bus.factory)
+    return Node(settings)
 
 
 async def _statuses(nodes: list[Node]) -> list[NodeStatus]:
@@ -60,7 +66,7 @@ async def _until_agreed(nodes: list[Node], expect: dict[str, int]) -> list[NodeS
 
 
 async def test_three_nodes_reach_one_fingerprint(tmp_path: Path) -> None:
-    bus = MemoryBus()
+    bus = _bus(tmp_path)
     names = ["n0", "n1", "n2"]
     nodes = [_node(bus, tmp_path, name, i, len(names)) for i, name in enumerate(names)]
     async with asyncio.TaskGroup() as tg:
@@ -77,7 +83,7 @@ async def test_three_nodes_reach_one_fingerprint(tmp_path: Path) -> None:
 
 async def test_fzoo_nodes_with_low_rank_directions_agree_step_by_step(tmp_path: Path) -> None:
     """K = 4 records a step, each its own seq: --steps counts steps, the log counts records."""
-    bus = MemoryBus()
+    bus = _bus(tmp_path)
     run = RunSettings(name="fz", estimator="fzoo", directions=4, direction="lowrank")
     nodes = [_node(bus, tmp_path, name, i, 2, run) for i, name in enumerate(["n0", "n1"])]
     async with asyncio.TaskGroup() as tg:
@@ -91,7 +97,7 @@ async def test_fzoo_nodes_with_low_rank_directions_agree_step_by_step(tmp_path: 
 
 async def test_a_late_joiner_catches_up_by_gap_filling(tmp_path: Path) -> None:
     """n2 starts after n0 and n1 have finished: everything it gets comes through wants."""
-    bus = MemoryBus()
+    bus = _bus(tmp_path)
     first = [_node(bus, tmp_path, name, i, 3) for i, name in enumerate(["n0", "n1"])]
     async with asyncio.TaskGroup() as tg:
         runs = [tg.create_task(n.run(signals=False)) for n in first]
@@ -107,13 +113,13 @@ async def test_a_late_joiner_catches_up_by_gap_filling(tmp_path: Path) -> None:
 
 
 async def test_a_node_that_crashed_is_seen_gone_and_its_restart_rejoins(tmp_path: Path) -> None:
-    bus = MemoryBus()
+    bus = _bus(tmp_path)
     a, b = (_node(bus, tmp_path, name, i, 2) for i, name in enumerate(["n0", "n1"]))
     async with asyncio.TaskGroup() as tg:
         run_a = tg.create_task(a.run(signals=False))
         run_b = tg.create_task(b.run(signals=False))
         await _until_agreed([a, b], {"n0": STEPS, "n1": STEPS})
-        transport = b.transport
+        transport = b.driver.transport
         assert isinstance(transport, MemoryTransport)
         transport.crash()  # its will says it is gone
         async with asyncio.timeout(60):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from seedswarm.daemon.progress import RATE_WINDOW_S, Stats
+from seedswarm.daemon.node.progress import RATE_WINDOW_S, Stats
 
 
 def test_rates_count_every_pass_in_the_window_however_many() -> None:

@@ -1,4 +1,4 @@
-"""The snapshot audit: exact values of chosen blocks from a known state and the log."""
+"""The snapshot audit: the exact state of chosen blocks from a known state and the log."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_one_altered_element_is_caught_when_its_block_is_audited() -> None:
     snapshot = donor.trainable_state()
     t = next(i for i, g in enumerate(joiner.grids) if g.numel > 2 * 128)
     name = joiner.trainable[t][0]
-    snapshot[name].view(-1)[130] += float(2.0 ** joiner.grids[t].exp)  # one grid step, block 1
+    snapshot[name].view(-1)[130] += 1  # one grid step, in block 1
     bad = Block(t, 1)
     result = audit(joiner, snapshot, records, [Block(t, 0), bad, Block(t, 2)])
     assert result.mismatches == (bad,)
@@ -74,3 +74,20 @@ def test_the_audit_recomputes_low_rank_matrices_bit_for_bit() -> None:
     dense = tiny_engine()
     dense.apply(records)
     assert not audit(joiner, dense.trainable_state(), records, every).passed
+
+
+def test_the_audit_is_exact_far_beyond_fp32s_range() -> None:
+    """A state whose elements are far beyond 2**24 grid steps (where fp32 weights would round)
+    is audited exactly: one step off in the low bits of a huge element is caught."""
+    donor, joiner = tiny_engine(), tiny_engine()
+    for e in (donor, joiner):
+        e.state[::7] += 2**45  # the same made-up start on both, then loaded as their state
+        e.load_trainable_state(e.trainable_state())
+    records = random_records(60, rng_seed=7)
+    donor.apply(records)
+    every = choose_blocks(joiner, total_blocks(joiner), random.Random(3))
+    snapshot = donor.trainable_state()
+    assert audit(joiner, snapshot, records, every).passed
+    name, t = next((n, i) for i, (n, p) in enumerate(joiner.trainable) if p.numel() > 7)
+    snapshot[name].view(-1)[7] += 1  # 2**45 + x + 1: the same fp32 weight, another state
+    assert audit(joiner, snapshot, records, every).mismatches == (Block(t, 0),)

@@ -211,3 +211,75 @@ def test_jsonl_rows_may_differ_in_their_keys(tmp_path: Path) -> None:
 def test_no_batch_from_an_empty_population() -> None:
     with pytest.raises(DataError, match="no examples"):
         sample_batch(1, 0, 4)
+
+
+# -- prompt -> completion data ---------------------------------------------------------------------
+
+
+def _jsonl(path: Path, rows: list[Any]) -> str:
+    return _write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_prompt_completion_rows(tmp_path: Path) -> None:
+    ref = _jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {"prompt": "Q: 2+2?\nA:", "completion": " 4"},
+            {"prompt": "Q: sky?", "completion": "blue"},
+        ],
+    )
+    got = read(ref)
+    assert got == RawData((), None, prompts=("Q: 2+2?\nA:", "Q: sky?"), completions=(" 4", "blue"))
+    assert got.is_completion
+    assert not got.is_classification
+    assert len(got) == 2
+    # a CSV with the same columns is the same data
+    csv_ref = _write(tmp_path / "qa.csv", "prompt,completion\nQ: sky?,blue\n")
+    assert read(csv_ref).prompts == ("Q: sky?",)
+
+
+def test_chat_rows_and_trl_conversational_rows(tmp_path: Path) -> None:
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris"},
+    ]
+    got = read(_jsonl(tmp_path / "chat.jsonl", [{"messages": chat}]))
+    assert got.chats == (
+        (("system", "Be brief."), ("user", "Capital of France?"), ("assistant", "Paris")),
+    )
+    assert got.is_completion
+    assert got.prompts is None
+    assert len(got) == 1
+    # TRL's conversational prompt-completion: the same conversation, split in two lists
+    split = {"prompt": chat[:2], "completion": chat[2:]}
+    assert read(_jsonl(tmp_path / "trl.jsonl", [split])).chats == got.chats
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [
+        ([{"prompt": "a"}], "both 'prompt' and 'completion'"),
+        ([{"prompt": "a", "completion": "b"}, {"completion": "c"}], "both 'prompt' and 'completion'"),
+        ([{"prompt": "a", "completion": ""}], "row 1: the completion is empty"),
+        ([{"prompt": "a", "completion": 3}], "must be text"),
+        ([{"prompt": "a", "completion": "b", "label": 1}], "take no 'label'"),
+        ([{"messages": []}], "non-empty list"),
+        ([{"messages": [{"role": "user", "content": "hi"}]}], "assistant's answer"),
+        ([{"messages": [{"role": "assistant", "content": ""}]}], "answer is empty"),
+        ([{"messages": [{"role": "robot", "content": "x"}]}], "unknown role 'robot'"),
+        ([{"messages": [{"role": "assistant", "content": None}]}], "text 'content'"),
+        ([{"messages": ["hi"]}], "an object with a 'role'"),
+        ([{"messages": [{"role": "assistant", "content": "x"}], "prompt": "p"}], "without 'prompt'"),
+        (
+            [{"prompt": [{"role": "user", "content": "q"}], "completion": [
+                {"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]}],
+            "one assistant message",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_prompt_completion_rows_name_the_row(
+    tmp_path: Path, rows: list[Any], match: str
+) -> None:
+    with pytest.raises(DataError, match=match):
+        read(_jsonl(tmp_path / "bad.jsonl", rows))

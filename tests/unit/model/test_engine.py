@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from seedswarm.model import data
-from seedswarm.model.engine import BASE_DOMAIN, Engine, Hyper, hash_tensors
+from seedswarm.model.engine import Engine
 from seedswarm.model.errors import ModelError
 from seedswarm.model.grid import grid_exponent
+from seedswarm.model.hashing import BASE_DOMAIN, hash_tensors
+from seedswarm.model.hyper import Hyper
 from seedswarm.model.kernels import CpuKernelBackend
 from seedswarm.model.loading import byte_tokenizer, load
 from seedswarm.model.tasks import Examples, prepare
@@ -99,21 +101,22 @@ def test_replay_is_independent_of_order_batching_and_backend() -> None:
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_replay_equals_numpy_reference(kernel: str) -> None:
-    """theta_t = base_t - sum_r du_t(q_r) * 2**e_t * z(seed_r, t), computed in float64."""
+    """n_t = base_t - sum_r du_t(q_r) * z(seed_r, t) in int64, and theta_t = n_t * 2**e_t."""
     e = tiny_engine(kernel)
     base = e.trainable_state()
+    assert all(t.dtype == torch.int64 for t in base.values())
     records = random_records(12, rng_seed=3)
     e.apply(records, batch=5)
-    after = e.trainable_state()
+    after, weights = e.trainable_state(), e.trainable_weights()
     seeds = [e.seed_of(r.node, r.seq) for r in records]
     for grid in e.grids:
-        w = base[grid.name].numpy().astype(np.float64).reshape(-1)
-        acc = np.zeros(w.size, dtype=np.int64)
+        n = base[grid.name].numpy().reshape(-1)
+        acc = np.zeros(n.size, dtype=np.int64)
         for seed, r in zip(seeds, records, strict=True):
-            acc -= grid.update_steps(r.q) * signs(seed, grid.tensor_id, w.size).astype(np.int64)
-        want = w + acc.astype(np.float64) * grid.scale
-        got = after[grid.name].numpy().reshape(-1)
-        assert np.array_equal(got.astype(np.float64), want), grid.name
+            acc -= grid.update_steps(r.q) * signs(seed, grid.tensor_id, n.size).astype(np.int64)
+        assert np.array_equal(after[grid.name].numpy().reshape(-1), n + acc), grid.name
+        want = np.ldexp((n + acc).astype(np.float64), grid.exp)  # |n| < 2**24 here: exact
+        assert np.array_equal(weights[grid.name].numpy().reshape(-1).astype(np.float64), want)
 
 
 @requires_c
@@ -270,12 +273,13 @@ def test_trainable_regex_selects_a_subset_and_leaves_the_rest_alone() -> None:
     assert names
     assert all("ln_" in n for n in names)
     assert [g.tensor_id for g in e.grids] == list(range(len(names)))
-    base = e.trainable_state()
+    base = e.trainable_weights()
     e.apply(random_records(10, rng_seed=11))
     raw = dict(load("tiny").model.named_parameters())
     untouched = 0
     for n, p in e.task_model.named_weights():
         if n in base:
+            assert p.dtype == base[n].dtype
             assert not torch.equal(p, base[n]), f"{n} should have moved"
         else:
             assert_same_bits(p.detach(), raw[n].detach(), f"{n} is not trainable")
@@ -285,18 +289,22 @@ def test_trainable_regex_selects_a_subset_and_leaves_the_rest_alone() -> None:
         tiny_engine(hyper=Hyper(trainable="no_such_parameter"))
 
 
-def test_fingerprint_changes_when_one_weight_changes() -> None:
+def test_fingerprint_changes_when_one_grid_step_changes() -> None:
     e = tiny_engine()
     fp0 = e.fingerprint()
-    name, p = e.trainable[5]
-    step = e.grids[5].scale
-    with torch.no_grad():
-        p.view(-1)[17] += step
+    name, _ = e.trainable[5]
+    at = e.layout.offsets[5] + 17
+    e.state[at] += 1
     fp1 = e.fingerprint()
     assert fp1 != fp0
-    with torch.no_grad():
-        p.view(-1)[17] -= step
+    e.state[at] -= 1
     assert e.fingerprint() == fp0
+    # the fingerprint is of the state: one step more at 2**40, where the fp32 weight cannot
+    # show it, still changes it
+    e.state[at] += 2**40
+    fp_big = e.fingerprint()
+    e.state[at] += 1
+    assert e.fingerprint() != fp_big
     # the fingerprint also names the base: same weights under another base hash differ
     other = tiny_engine()
     other.manifest = other.manifest.replace(base_hash=_altered(other.manifest.base_hash))
@@ -317,7 +325,7 @@ def test_trainable_state_round_trip_and_errors() -> None:
     b.apply(more)
     assert_same_state(a, b)
     # trainable_state is a copy, not a view
-    state[next(iter(state))].add_(1.0)
+    state[next(iter(state))].add_(1)
     assert_same_state(a, b)
 
     missing = dict(state)
@@ -326,9 +334,14 @@ def test_trainable_state_round_trip_and_errors() -> None:
         b.load_trainable_state(missing)
     wrong = dict(state)
     first = next(iter(wrong))
-    wrong[first] = torch.zeros(3)
+    wrong[first] = torch.zeros(3, dtype=torch.int64)
     with pytest.raises(ModelError, match="shape"):
         b.load_trainable_state(wrong)
+    # fp32 weights are not a state (protocol 2's snapshots held them): refused, by name
+    floats = dict(state)
+    floats[first] = state[first].to(torch.float32)
+    with pytest.raises(ModelError, match="int64"):
+        b.load_trainable_state(floats)
 
 
 def test_evaluate_and_headroom(chunks: Examples) -> None:
@@ -338,9 +351,17 @@ def test_evaluate_and_headroom(chunks: Examples) -> None:
     assert out["examples"] == 40.0
     assert abs(out["loss"] - math.log(259)) < 0.3  # an untrained byte model: about uniform
     assert e.evaluate(held, batch_size=7) == pytest.approx(out, rel=1e-5)
-    bits, name = e.headroom()
-    assert name in {n for n, _ in e.trainable}
-    assert bits > HYPER.headroom_exp
+    h = e.headroom()
+    assert h.tensor in {n for n, _ in e.trainable}
+    assert 63 - 24 + HYPER.headroom_exp < h.bits <= 63  # the base fills 24 - h bits at most
+    assert h.records > 10**12
+    assert h.coarse == 0
+    # the bound grows with every record's |du| (and never falls below the measured state)
+    e.apply(random_records(50, rng_seed=2))
+    bound = e.headroom()
+    measured = e.headroom(measure=True)
+    assert bound.bits <= measured.bits
+    assert bound.records <= measured.records
 
 
 def test_save_pretrained_round_trip(tmp_path: Path) -> None:
@@ -349,7 +370,7 @@ def test_save_pretrained_round_trip(tmp_path: Path) -> None:
     e.save_pretrained(tmp_path / "out")
     loaded = load(str(tmp_path / "out"), kind="lm")
     saved = dict(loaded.model.named_parameters())
-    for name, t in e.trainable_state().items():
+    for name, t in e.trainable_weights().items():
         assert_same_bits(saved[name].detach(), t, name)
     # the engine's parameters are still views of its buffer after the save
     fp = e.fingerprint()
@@ -396,20 +417,53 @@ def test_grids_come_from_the_base_as_loaded(tmp_path: Path) -> None:
     raw.tokenizer.save_pretrained(str(tmp_path / "crafted"))
     originals = {n: p.detach().clone() for n, p in named.items()}
 
-    hyper = Hyper(lr=3e-3, unit_exp=-12, grid_min_exp=-40)
+    hyper = Hyper(lr=3e-3, unit_exp=-12, grid_min_exp=-28)
     built = Engine.build("t", str(tmp_path / "crafted"), CAUSAL, hyper)
     opened = Engine.open(built.manifest, model_ref=str(tmp_path / "crafted"))
     for e in (built, opened):
         for g in e.grids:
             m = float(originals[g.name].abs().max())
-            want = grid_exponent(m, headroom_exp=3, grid_min_exp=-40)
+            want = grid_exponent(m, headroom_exp=3, grid_min_exp=-28)
             assert g.exp == want, g.name
             assert g.unit_shift == -12 - want
         (g,) = [g for g in e.grids if g.name == "transformer.ln_f.bias"]
         assert g.exp == -21
-        state = e.trainable_state()
-        for name, t in state.items():
+        for name, t in e.trainable_weights().items():
             exp = next(x.exp for x in e.grids if x.name == name)
             spec_snap = originals[name].double().mul(2.0**-exp).round().mul(2.0**exp).float()
             assert_same_bits(t, spec_snap.add(0.0), name)
     assert_same_state(built, opened)
+
+
+def test_a_grid_too_fine_for_the_update_unit_is_refused_at_load() -> None:
+    """One record must move a tensor by fewer than 2**24 grid steps (a batch's exact sum);
+    a run that breaks this is refused when it loads, not in the middle of a replay."""
+    with pytest.raises(ModelError, match="too fine for the update unit"):
+        tiny_engine(hyper=Hyper(lr=3e-3, unit_exp=-12, grid_min_exp=-40))
+
+
+def test_a_decaying_rate_folds_into_the_bytes_and_ends_at_the_budget(chunks: Examples) -> None:
+    """The schedule reads the records the step's view holds: the same losses give the byte of
+    lr_t (protocol/schedule.py), and from the budget on every record is 0."""
+    from seedswarm.model.replica import Replica
+    from seedswarm.protocol.quantize import quantize_gradient
+    from seedswarm.protocol.schedule import lr_at
+
+    hyper = Hyper(lr=3e-3, unit_exp=-12, schedule="decay", budget=12)
+    e = tiny_engine(hyper=hyper)
+    assert (e.manifest.schedule, e.manifest.budget) == ("decay", 12)
+    replica = Replica(e, "me", chunks, batch_size=8)
+    qs = []
+    for _ in range(14):
+        held = sum(replica.vv.values())
+        out = replica.step()
+        (q,) = out.qs
+        qs.append(q)
+        assert lr_at(3e-3, "decay", 12, held) <= 3e-3
+    assert any(qs[:6])
+    assert qs[12:] == [0, 0]  # the budget is spent: the rate is 0
+    # the byte is quantise(lr_t * g): a step's g at held 6 gives the byte of half the rate
+    seed = e.seed_of("x", 0)
+    assert quantize_gradient(40.0, lr=lr_at(3e-3, "decay", 12, 6), unit_exp=-12, seed=seed) == (
+        quantize_gradient(20.0, lr=3e-3, unit_exp=-12, seed=seed)
+    )

@@ -1,4 +1,5 @@
-"""The exact grid (model/grid.py): exponents, snapping, step counts and headroom."""
+"""The exact grid (model/grid.py, protocol/grid.py): exponents, snapping, step counts, the
+int64 state and the weights derived from it, and headroom."""
 
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seedswarm.model.grid import (
-    EXACT_BITS,
+    FP32_BITS,
     TensorGrid,
     grid_exponent,
-    headroom_bits,
+    headroom,
     make_grid,
     snap_,
+    steps_of,
+    weights_of_,
+)
+from seedswarm.protocol.grid import (
+    STATE_MAX,
+    fp32_of_int,
+    headroom_bits,
+    records_left,
+    weight,
+    wrap,
 )
 
 from .helpers import assert_same_bits, bits
@@ -59,8 +70,8 @@ def test_grid_exponent_refuses_non_finite(bad: float) -> None:
 def test_grid_exponent_gives_exact_headroom_and_is_tight(max_abs: float, headroom: int) -> None:
     """max * 2**headroom < 2**(24 + e), and (unclamped) not by more than a factor of two."""
     e = grid_exponent(max_abs, headroom_exp=headroom, grid_min_exp=-200)
-    assert Fraction(max_abs) * 2**headroom < Fraction(2) ** (EXACT_BITS + e)
-    assert Fraction(max_abs) * 2**headroom >= Fraction(2) ** (EXACT_BITS + e - 1)
+    assert Fraction(max_abs) * 2**headroom < Fraction(2) ** (FP32_BITS + e)
+    assert Fraction(max_abs) * 2**headroom >= Fraction(2) ** (FP32_BITS + e - 1)
 
 
 @pytest.mark.parametrize("exp", [-30, -20, -3, 0, 4])
@@ -153,17 +164,75 @@ def test_make_grid_tensor_ids_steps_and_scales() -> None:
     assert [g.eps_steps for g in coarse] == [1, 1, 1, 1, 1]
 
 
-def test_headroom_bits() -> None:
-    g = TensorGrid("w", 0, -10, 4, 1, 0)
-    assert headroom_bits(torch.zeros(4), g) == 24.0 - math.log2(1)
-    t = torch.tensor([0.0, math.ldexp(2**20 - 1, -10), -1.0, 0.5])
-    assert headroom_bits(t, g) == pytest.approx(4.0)  # (2**20 - 1) + eps 1 = 2**20 steps
-    g8 = TensorGrid("w", 0, -10, 4, 8, 0)
-    assert headroom_bits(torch.tensor([math.ldexp(2**23 - 8, -10)]), g8) == pytest.approx(1.0)
-    # beyond the exact range: negative
-    assert headroom_bits(torch.tensor([math.ldexp(2**25, -10)]), g) < 0
-    # a tensor made by make_grid starts with at least headroom_exp doublings left, minus eps
-    t = torch.tensor([0.9, -0.3])
-    (grid,) = make_grid([("w", t)], epsilon=1e-3, unit_exp=-20, headroom_exp=3, grid_min_exp=-40)
-    snap_(t, grid.exp)
-    assert 3.0 - 0.01 < headroom_bits(t, grid) <= 4.0
+def test_headroom_of_the_int64_state() -> None:
+    assert headroom_bits(0, 1) == 63.0
+    assert headroom_bits(2**40 - 1, 1) == pytest.approx(23.0)
+    assert headroom_bits(2**62 - 8, 8) == pytest.approx(1.0)
+    # records of the largest update left: (2**63 - 1 - max - eps) // (127 * 2**shift)
+    assert records_left(0, 1, 0) == (STATE_MAX - 1) // 127
+    assert records_left(2**20, 3, 6) == (STATE_MAX - 2**20 - 3) // (127 * 64)
+    assert records_left(STATE_MAX, 1, 0) == 0
+    grids = [TensorGrid("a", 0, -21, 4, 33, 6), TensorGrid("b", 1, -10, 4, 1, -5)]
+    h = headroom(grids, [2**21, 2**30])
+    assert h.tensor == "a"  # fewest records left: a moves 127 * 64 a record, b 4
+    assert h.records == records_left(2**21, 33, 6)
+    assert h.bits == pytest.approx(63 - math.log2(2**30 + 1))  # b has the largest |n|
+    assert h.coarse == 1  # b's |n| is beyond 2**24: its weights are coarser than its grid
+    # the default grid (h = 3, unit 2**-15) of a weight of 0.5 lasts ~10**15 worst-case records
+    (g,) = make_grid([("w", torch.tensor([0.5]))], epsilon=1e-3, unit_exp=-15, headroom_exp=3,
+                     grid_min_exp=-23)  # fmt: skip
+    assert headroom([g], [2**20]).records > 10**15
+
+
+@pytest.mark.parametrize(
+    ("n", "want"),
+    [
+        (0, 0.0),
+        (2**24 - 1, 2.0**24 - 1),
+        (2**24, 2.0**24),
+        (2**24 + 1, 2.0**24),  # a tie: to the even significand
+        (2**24 + 3, 2.0**24 + 4),  # a tie: up to even
+        (2**24 + 2, 2.0**24 + 2),
+        (-(2**24) - 1, -(2.0**24)),
+        (2**25 + 2, 2.0**25),  # tie at ulp 4: 2**25 + 2 -> 2**25 (even)
+        (2**25 + 3, 2.0**25 + 4),
+        (2**53 + 1, 2.0**53),
+        (2**62 + 2**38 + 1, 2.0**62 + 2**39),  # just above half an ulp (2**38): up
+        (STATE_MAX, 2.0**63),
+        (-(2**63), -(2.0**63)),
+    ],
+)
+def test_fp32_of_int_rounds_to_nearest_even(n: int, want: float) -> None:
+    assert fp32_of_int(n) == want
+    # numpy's int64 -> float32 conversion is the same IEEE rounding
+    assert float(np.array([n], dtype=np.int64).astype(np.float32)[0]) == want
+
+
+@settings(max_examples=500, deadline=None)
+@given(n=st.integers(min_value=-(2**63), max_value=2**63 - 1), exp=st.integers(-100, 60))
+def test_weights_of_the_state_equal_the_integer_reference(n: int, exp: int) -> None:
+    """torch's int64 -> fp32 (the torch backend and the engine rewrite weights with it) is the
+    integer reference's round to nearest even, times an exact power of two."""
+    out = torch.empty(3)
+    weights_of_(out, torch.tensor([n, -n if n > -(2**63) else 0, 0], dtype=torch.int64), exp)
+    assert out[0].item() == weight(n, exp)
+    assert not bool(torch.signbit(out[2])), "zero is +0"
+
+
+def test_wrap_is_twos_complement() -> None:
+    assert wrap(STATE_MAX + 1) == -(2**63)
+    assert wrap(-(2**63) - 1) == STATE_MAX
+    assert wrap(5) == 5
+
+
+def test_steps_of_and_weights_of_round_trip_on_the_grid() -> None:
+    gen = torch.Generator().manual_seed(7)
+    t = torch.randn(1000, generator=gen)
+    n = steps_of(t, -20)
+    assert n.dtype == torch.int64
+    w = torch.empty_like(t)
+    weights_of_(w, n, -20)
+    snapped = t.clone()
+    snap_(snapped, -20)
+    assert_same_bits(w, snapped, "weights of the state are the snapped base")
+    assert torch.equal(steps_of(w, -20), n)

@@ -1,9 +1,12 @@
-"""Kernels: every backend adds ``scale * sum_r steps_r * z_r`` with exactly the same bits.
+"""Kernels: every backend adds ``sum_r steps_r * z_r`` to the int64 state and rewrites the
+weights ``fp32(n) * 2**e`` from it, with exactly the same bits.
 
-The oracle is an independent float64 numpy computation from the numpy Philox reference, on
-values chosen so that every intermediate is exactly representable (grid values with |n| < 2**24).
-The torch backend runs with tiny chunks too, and the C kernel single- and multi-threaded with a
-lowered ``min_split`` so that its split-by-block-range path runs.
+The oracle is an independent numpy computation from the numpy Philox reference
+(helpers.reference_accumulate). States are drawn across the whole int64 range, far beyond the
+2**24 where protocol 2's fp32 weights stopped being exact, so the weights' rounding (to nearest,
+ties to even) and the wrap-around at 2**63 are checked too. The torch backend runs with tiny
+chunks too, and the C kernel single- and multi-threaded with a lowered ``min_split`` so that its
+split-by-block-range path runs.
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seedswarm.model.errors import ModelError
-from seedswarm.model.grid import TensorGrid, make_grid, snap_
+from seedswarm.model.grid import TensorGrid, make_grid
 from seedswarm.model.kernels import (
     Backend,
     CpuKernelBackend,
     TorchBackend,
     available_backends,
     make_backend,
-    scale_of,
 )
 from seedswarm.model.layout import FlatLayout, pack_
+from seedswarm.protocol.grid import weight
 from seedswarm.protocol.philox import BLOCK
 
 from .helpers import C_KERNEL_ERROR, assert_same_bits, reference_accumulate, requires_c
@@ -60,10 +63,19 @@ BACKEND_PARAMS = [
 ]
 
 
-def _grid_weights(rng: np.random.Generator, n: int, exp: int) -> torch.Tensor:
-    """Weights n_i * 2**exp with |n_i| < 2**20: on the grid, with room for the updates."""
-    ints = rng.integers(-(2**20), 2**20, size=n)
-    return torch.from_numpy(np.ldexp(ints.astype(np.float64), exp).astype(np.float32))
+def _state(rng: np.random.Generator, n: int, bits: int = 20) -> torch.Tensor:
+    """int64 states: most |n| < 2**bits, and some anywhere in the int64 range (ties, the top)."""
+    ints = rng.integers(-(2**bits), 2**bits, size=n, dtype=np.int64)
+    if n > 8:
+        wide = rng.integers(-(2**62), 2**62, size=n // 8, dtype=np.int64)
+        ints[rng.choice(n, size=n // 8, replace=False)] = wide
+        ints[:4] = [2**24 + 1, -(2**25) - 2, 2**63 - 1, -(2**63)]  # ties and the wrap
+    return torch.from_numpy(ints)
+
+
+def _weights(n: torch.Tensor) -> torch.Tensor:
+    """Stale weights: the kernels must rewrite every element they touch."""
+    return torch.full(n.shape, 0.1234, dtype=torch.float32)
 
 
 def _records(rng: random.Random, r: int, max_step: int = 1000) -> tuple[list[int], list[int]]:
@@ -73,12 +85,25 @@ def _records(rng: random.Random, r: int, max_step: int = 1000) -> tuple[list[int
 
 
 def _expected(
-    w: torch.Tensor, tid: int, seeds: list[int], steps: list[int], exp: int
-) -> torch.Tensor:
-    ref = reference_accumulate(w.numpy().astype(np.float64), tid, seeds, steps, math.ldexp(1, exp))
-    out = ref.astype(np.float32)
-    assert np.array_equal(out.astype(np.float64), ref), "the oracle itself must be exact"
-    return torch.from_numpy(out)
+    n: torch.Tensor, tid: int, seeds: list[int], steps: list[int], exp: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    state, weights = reference_accumulate(n.numpy(), tid, seeds, steps, exp)
+    return torch.from_numpy(state), torch.from_numpy(weights)
+
+
+def _run(
+    backend: str, n: torch.Tensor, tid: int, seeds: list[int], steps: list[int], exp: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    state, w = n.clone(), _weights(n)
+    BACKENDS[backend]().accumulate(state, w, tid, seeds, steps, math.ldexp(1.0, exp))
+    return state, w
+
+
+def _same(
+    got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor], what: str
+) -> None:
+    assert_same_bits(got[0], want[0], f"{what} (state)")
+    assert_same_bits(got[1], want[1], f"{what} (weights)")
 
 
 @pytest.mark.parametrize(
@@ -91,15 +116,36 @@ def _expected(
         if not (b.id == "torch-chunk4blocks" and n > 5000)
     ],
 )
-def test_accumulate_equals_float64_reference(backend: str, n: int) -> None:
+def test_accumulate_equals_reference(backend: str, n: int) -> None:
     rng = random.Random(n)
     nrng = np.random.default_rng(n)
-    for exp, tid, r in ((-20, 0, 1), (-7, 2**32 - 1, 5), (0, 12345, 16)):
-        w = _grid_weights(nrng, n, exp)
+    for exp, tid, r in ((-20, 0, 1), (-7, 2**32 - 1, 5), (0, 12345, 16), (-100, 7, 3)):
+        base = _state(nrng, n)
         seeds, steps = _records(rng, r)
-        want = _expected(w, tid, seeds, steps, exp)
-        BACKENDS[backend]().accumulate(w, tid, seeds, steps, scale_of(exp))
-        assert_same_bits(w, want, f"{backend} n={n} exp={exp}")
+        want = _expected(base, tid, seeds, steps, exp)
+        _same(_run(backend, base, tid, seeds, steps, exp), want, f"{backend} n={n} exp={exp}")
+
+
+# int64 values whose fp32 rounding goes wrong through float64 (2**62 + 2**38 + 1 rounds to a
+# float64 tie, then to even: 2**62 instead of 2**62 + 2**39), ties themselves, and the ends
+TRICKY = [2**62 + 2**38 + 1, -(2**62 + 2**38 + 1), 2**24 + 1, 2**25 + 6, 2**63 - 1, -(2**63)]
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_weights_round_to_nearest_even_at_the_hardest_states(backend: str) -> None:
+    """The first elements are aimed so that, after the records, the state is exactly one of
+    TRICKY: every backend's weights are then IEEE's rounding, as the integer reference says."""
+    n = 300
+    rng = random.Random(21)
+    seeds, steps = _records(rng, 6)
+    base = _state(np.random.default_rng(21), n)
+    moved = _expected(base, 4, seeds, steps, -20)[0] - base
+    base[: len(TRICKY)] = torch.tensor(TRICKY) - moved[: len(TRICKY)]
+    got = _run(backend, base, 4, seeds, steps, -20)
+    assert got[0][: len(TRICKY)].tolist() == TRICKY
+    want = [weight(v, -20) for v in TRICKY]
+    assert got[1][: len(TRICKY)].tolist() == want
+    _same(got, _expected(base, 4, seeds, steps, -20), backend)
 
 
 @settings(max_examples=40, deadline=None)
@@ -107,65 +153,64 @@ def test_accumulate_equals_float64_reference(backend: str, n: int) -> None:
     n=st.integers(min_value=1, max_value=9000),
     r=st.integers(min_value=1, max_value=12),
     tid=st.integers(min_value=0, max_value=2**32 - 1),
-    exp=st.integers(min_value=-40, max_value=0),
+    exp=st.integers(min_value=-100, max_value=40),
+    bits=st.integers(min_value=0, max_value=62),
     seed=st.integers(min_value=0, max_value=2**32),
 )
 def test_all_backends_agree_with_reference_hypothesis(
-    n: int, r: int, tid: int, exp: int, seed: int
+    n: int, r: int, tid: int, exp: int, bits: int, seed: int
 ) -> None:
     rng = random.Random(seed)
-    base = _grid_weights(np.random.default_rng(seed), n, exp)
+    base = _state(np.random.default_rng(seed), n, bits)
     seeds, steps = _records(rng, r, max_step=5000)
     want = _expected(base, tid, seeds, steps, exp)
     names = [k for k in BACKENDS if not (k.startswith("cpu") and C_KERNEL_ERROR)]
     for name in names:
-        w = base.clone()
-        BACKENDS[name]().accumulate(w, tid, seeds, steps, scale_of(exp))
-        assert_same_bits(w, want, name)
+        _same(_run(name, base, tid, seeds, steps, exp), want, name)
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_zero_steps_are_no_ops(backend: str) -> None:
     k = BACKENDS[backend]()
-    w = _grid_weights(np.random.default_rng(1), 1000, -10)
-    w[:7] = -0.0  # even the sign of zero survives
-    before = w.clone()
-    k.accumulate(w, 3, [1, 2, 3], [0, 0, 0], scale_of(-10))
-    k.accumulate(w, 3, [], [], scale_of(-10))
-    assert_same_bits(w, before, "all-zero steps")
+    n = _state(np.random.default_rng(1), 1000)
+    w = _weights(n)
+    before = (n.clone(), w.clone())
+    k.accumulate(n, w, 3, [1, 2, 3], [0, 0, 0], 2.0**-10)
+    k.accumulate(n, w, 3, [], [], 2.0**-10)
+    _same((n, w), before, "all-zero steps touch nothing")
     # zeros mixed with real steps: the same as leaving them out
-    a, b = w.clone(), w.clone()
-    k.accumulate(a, 3, [1, 2, 3, 4], [0, 5, 0, -9], scale_of(-10))
-    k.accumulate(b, 3, [2, 4], [5, -9], scale_of(-10))
-    assert_same_bits(a, b, "zeros mixed in")
-    empty = torch.zeros(0)
-    k.accumulate(empty, 3, [1], [1], 1.0)
+    a, b = (n.clone(), w.clone()), (n.clone(), w.clone())
+    k.accumulate(*a, 3, [1, 2, 3, 4], [0, 5, 0, -9], 2.0**-10)
+    k.accumulate(*b, 3, [2, 4], [5, -9], 2.0**-10)
+    _same(a, b, "zeros mixed in")
+    k.accumulate(torch.zeros(0, dtype=torch.int64), torch.zeros(0), 3, [1], [1], 1.0)
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("n", [129, 5000])
 def test_order_and_batching_independence(backend: str, n: int) -> None:
-    """One call with R records == R calls of one == any permutation == any split."""
+    """One call with R records == R calls of one == any permutation == any split, with states
+    far beyond 2**24 and across the wrap at 2**63."""
     k = BACKENDS[backend]()
     rng = random.Random(99)
-    base = _grid_weights(np.random.default_rng(99), n, -16)
+    base = _state(np.random.default_rng(99), n, bits=40)
     seeds, steps = _records(rng, 9)
-    scale = scale_of(-16)
-    together = base.clone()
-    k.accumulate(together, 1, seeds, steps, scale)
-    one_by_one = base.clone()
+    scale = 2.0**-16
+    together = (base.clone(), _weights(base))
+    k.accumulate(*together, 1, seeds, steps, scale)
+    one_by_one = (base.clone(), _weights(base))
     for s, st_ in zip(seeds, steps, strict=True):
-        k.accumulate(one_by_one, 1, [s], [st_], scale)
-    assert_same_bits(together, one_by_one, "one by one")
+        k.accumulate(*one_by_one, 1, [s], [st_], scale)
+    _same(one_by_one, together, "one by one")
     order = list(range(len(seeds)))
     for trial in range(4):
         rng.shuffle(order)
-        w = base.clone()
+        w = (base.clone(), _weights(base))
         cut = 1 + trial
         for part in (order[:cut], order[cut:]):
-            k.accumulate(w, 1, [seeds[i] for i in part], [steps[i] for i in part], scale)
-        assert_same_bits(together, w, f"permutation {order}")
-    assert not torch.equal(together, base)
+            k.accumulate(*w, 1, [seeds[i] for i in part], [steps[i] for i in part], scale)
+        _same(w, together, f"permutation {order}")
+    assert not torch.equal(together[0], base)
 
 
 @requires_c
@@ -173,28 +218,34 @@ def test_c_kernel_split_path_covers_uneven_ranges() -> None:
     """Thread counts that do not divide the number of blocks, and more threads than blocks."""
     rng = random.Random(5)
     for n, threads in itertools.product([BLOCK * 7 + 3, BLOCK * 2, 100], [2, 3, 8]):
-        base = _grid_weights(np.random.default_rng(n), n, -12)
+        base = _state(np.random.default_rng(n), n)
         seeds, steps = _records(rng, 4)
         want = _expected(base, 6, seeds, steps, -12)
-        w = base.clone()
-        _cpu(threads, min_split=1).accumulate(w, 6, seeds, steps, scale_of(-12))
-        assert_same_bits(w, want, f"n={n} threads={threads}")
+        got = (base.clone(), _weights(base))
+        _cpu(threads, min_split=1).accumulate(*got, 6, seeds, steps, 2.0**-12)
+        _same(got, want, f"n={n} threads={threads}")
 
 
 @requires_c
 def test_c_kernel_refuses_what_it_cannot_address() -> None:
     k = CpuKernelBackend(threads=1)
-    with pytest.raises(ModelError, match="contiguous fp32"):
-        k.accumulate(torch.zeros(10, 10)[:, ::2], 0, [1], [1], 1.0)
-    with pytest.raises(ModelError, match="contiguous fp32"):
-        k.accumulate(torch.zeros(10, dtype=torch.float64), 0, [1], [1], 1.0)
-    _, _, flat, layout, _ = _packed(np.random.default_rng(0), [200, 10])
+    state = torch.zeros(10, dtype=torch.int64)
+    with pytest.raises(ModelError, match="contiguous CPU tensors"):
+        k.accumulate(torch.zeros(10, 10, dtype=torch.int64)[:, ::2], torch.zeros(10, 10)[:, ::2],
+                     0, [1], [1], 1.0)  # fmt: skip
+    with pytest.raises(ModelError, match="int64 state, fp32 weights"):
+        k.accumulate(state, torch.zeros(10, dtype=torch.float64), 0, [1], [1], 1.0)
+    with pytest.raises(ModelError, match="int64 state, fp32 weights"):
+        k.accumulate(state.to(torch.int32), torch.zeros(10), 0, [1], [1], 1.0)
+    with pytest.raises(ModelError, match="one shape"):
+        k.accumulate(state[:5], torch.zeros(10), 0, [1], [1], 1.0)
+    _, _, flat, st8, layout, _ = _packed(np.random.default_rng(0), [200, 10])
     steps = layout.steps_matrix([(1, 0, 5)])
-    with pytest.raises(ModelError, match="contiguous fp32"):
-        k.accumulate_flat(flat.double(), layout, [1], steps)
-    before = flat.clone()
-    k.accumulate_flat(flat, layout, [], steps[:0])
-    assert_same_bits(flat, before, "no records")
+    with pytest.raises(ModelError, match="int64 state, fp32 weights"):
+        k.accumulate_flat(st8, flat.double(), layout, [1], steps)
+    before = (st8.clone(), flat.clone())
+    k.accumulate_flat(st8, flat, layout, [], steps[:0])
+    _same((st8, flat), before, "no records")
 
 
 # -- the packed buffer (layout.py) --------------------------------------------------------------
@@ -202,8 +253,10 @@ def test_c_kernel_refuses_what_it_cannot_address() -> None:
 
 def _packed(
     rng: np.random.Generator, numels: list[int], *, unit_exp: int = -12
-) -> tuple[list[torch.Tensor], list[TensorGrid], torch.Tensor, FlatLayout, list[torch.Tensor]]:
-    """Tensors of assorted magnitudes on their grids, packed; returns copies of the originals."""
+) -> tuple[
+    list[torch.Tensor], list[TensorGrid], torch.Tensor, torch.Tensor, FlatLayout, list[torch.Tensor]
+]:
+    """Tensors of assorted magnitudes, packed on their grids; returns the snapped originals."""
     tensors = []
     for i, n in enumerate(numels):
         t = torch.from_numpy(rng.standard_normal(n).astype(np.float32)) * (4.0**i / 64)
@@ -217,31 +270,42 @@ def _packed(
         headroom_exp=3,
         grid_min_exp=unit_exp - 8,
     )
-    for t, g in zip(tensors, grids, strict=True):
-        snap_(t, g.exp)
+    flat, state, layout = pack_(tensors, grids)
     originals = [t.clone() for t in tensors]
-    flat, layout = pack_(tensors, grids)
-    return tensors, grids, flat, layout, originals
+    return tensors, grids, flat, state, layout, originals
 
 
 def test_pack_makes_parameters_views_of_one_block_aligned_buffer() -> None:
     numels = [1, 128, 129, 300, 4097]
-    tensors, _, flat, layout, originals = _packed(np.random.default_rng(0), numels)
+    rng = np.random.default_rng(0)
+    raw = [torch.from_numpy(rng.standard_normal(n).astype(np.float32)) for n in numels]
+    grids = make_grid([(f"p{i}", t) for i, t in enumerate(raw)], epsilon=1e-3, unit_exp=-12,
+                      headroom_exp=3, grid_min_exp=-20)  # fmt: skip
+    before = [t.clone() for t in raw]
+    flat, state, layout = pack_(raw, grids)
+    tensors = raw
     assert layout.n_tensors == len(numels)
     assert layout.numels == tuple(numels)
     assert [o % BLOCK for o in layout.offsets] == [0] * len(numels)
     assert layout.n_blocks == sum(-(-n // BLOCK) for n in numels)
-    assert layout.size == layout.n_blocks * BLOCK == flat.numel()
+    assert layout.size == layout.n_blocks * BLOCK == flat.numel() == state.numel()
+    assert state.dtype == torch.int64
+    assert layout.exps == tuple(g.exp for g in grids)
     assert layout.block_tensor.tolist() == [
         t for t, n in enumerate(numels) for _ in range(-(-n // BLOCK))
     ]
     assert layout.block_local.tolist() == [b for n in numels for b in range(-(-n // BLOCK))]
-    for t, o in zip(tensors, originals, strict=True):
+    for t, o, g, off in zip(tensors, before, grids, layout.offsets, strict=True):
         assert t.shape == o.shape
-        assert_same_bits(t, o, "pack keeps the values")
+        # the state is the base rounded half to even onto the grid, the weights follow from it
+        want = np.round(o.numpy().astype(np.float64) * 2.0**-g.exp)
+        assert state[off : off + t.numel()].tolist() == want.astype(np.int64).tolist()
+        assert np.array_equal(t.numpy().astype(np.float64), np.ldexp(want, g.exp))
         assert t.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
     flat.add_(1.0)
-    assert_same_bits(tensors[2], originals[2] + 1.0, "views see the buffer")
+    assert_same_bits(tensors[2], torch.from_numpy(np.ldexp(np.round(
+        before[2].numpy().astype(np.float64) * 2.0**-grids[2].exp), grids[2].exp).astype(
+        np.float32)) + 1.0, "views see the buffer")  # fmt: skip
 
 
 @settings(max_examples=60, deadline=None)
@@ -254,7 +318,7 @@ def test_steps_matrix_equals_update_steps(
     shifts: list[int], eps: list[int], terms: list[tuple[int, int]]
 ) -> None:
     grids = [TensorGrid(f"t{i}", i, -20, 128, eps[i], s) for i, s in enumerate(shifts)]
-    _, layout = pack_([torch.zeros(128) for _ in grids], grids)
+    _, _, layout = pack_([torch.zeros(128) for _ in grids], grids)
     got = layout.steps_matrix([(7, m, q) for m, q in terms])
     assert got.dtype == np.int32
     want = [[m * g.eps_steps - g.update_steps(q) for g in grids] for m, q in terms]
@@ -265,7 +329,7 @@ def test_steps_matrix_equals_update_steps(
 def test_steps_matrix_refuses_steps_beyond_int32(shift: int) -> None:
     """A grid far finer than the update unit must raise, never wrap around silently."""
     grids = [TensorGrid("t", 0, -100, 128, 1, shift)]
-    _, layout = pack_([torch.zeros(128)], grids)
+    _, _, layout = pack_([torch.zeros(128)], grids)
     with pytest.raises(OverflowError, match="int32"):
         layout.steps_matrix([(1, 0, 127)])
     with pytest.raises(OverflowError, match="int32"):
@@ -275,10 +339,12 @@ def test_steps_matrix_refuses_steps_beyond_int32(shift: int) -> None:
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_accumulate_flat_equals_per_tensor_reference(backend: str) -> None:
     numels = [1, 130, 64, 4096 + 5, 257]
-    tensors, grids, flat, layout, originals = _packed(
-        np.random.default_rng(3), numels, unit_exp=-19
-    )
+    _, grids, flat, state, layout, _ = _packed(np.random.default_rng(3), numels, unit_exp=-19)
     assert min(g.unit_shift for g in grids) < 0 < max(g.unit_shift for g in grids)
+    # states far beyond 2**24 in part of every tensor
+    wide = torch.from_numpy(np.random.default_rng(4).integers(-(2**60), 2**60, state.numel()))
+    state[::3] = wide[::3]
+    before = state.clone()
     rng = random.Random(4)
     terms = [
         (rng.getrandbits(64), rng.choice([0, 1, -2]), rng.randint(-127, 127)) for _ in range(11)
@@ -286,10 +352,10 @@ def test_accumulate_flat_equals_per_tensor_reference(backend: str) -> None:
     terms.append((2**64 - 1, 0, 0))  # a term that moves nothing
     steps = layout.steps_matrix(terms)
     seeds = [s for s, _, _ in terms]
-    BACKENDS[backend]().accumulate_flat(flat, layout, seeds, steps)
-    for t, (g, o) in enumerate(zip(grids, originals, strict=True)):
-        want = _expected(o.reshape(-1), t, seeds, [int(x) for x in steps[:, t]], g.exp)
-        assert_same_bits(tensors[t].reshape(-1), want, f"{backend} tensor {t}")
+    BACKENDS[backend]().accumulate_flat(state, flat, layout, seeds, steps)
+    for t, (g, off, n) in enumerate(zip(grids, layout.offsets, layout.numels, strict=True)):
+        want = _expected(before[off : off + n], t, seeds, [int(x) for x in steps[:, t]], g.exp)
+        _same((state[off : off + n], flat[off : off + n]), want, f"{backend} tensor {t}")
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
@@ -301,18 +367,17 @@ def test_accumulate_flat_batching_independence(backend: str) -> None:
     for split in ([20], [1] * 20, [7, 7, 6], [13, 7]):
         order = list(range(20))
         random.Random(sum(split)).shuffle(order)
-        tensors, _, flat, layout, _ = _packed(np.random.default_rng(0), numels)
+        _, _, flat, state, layout, _ = _packed(np.random.default_rng(0), numels)
         start = 0
         for size in split:
             part = [terms[i] for i in order[start : start + size]]
             start += size
             BACKENDS[backend]().accumulate_flat(
-                flat, layout, [s for s, _, _ in part], layout.steps_matrix(part)
+                state, flat, layout, [s for s, _, _ in part], layout.steps_matrix(part)
             )
-        results.append([t.clone() for t in tensors])
+        results.append((state.clone(), flat.clone()))
     for other in results[1:]:
-        for a, b in zip(results[0], other, strict=True):
-            assert_same_bits(a, b, "batching")
+        _same(other, results[0], "batching")
 
 
 def test_make_backend_and_available_backends() -> None:

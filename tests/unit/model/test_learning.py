@@ -35,4 +35,4 @@ def test_zo_steps_lower_held_out_loss_on_patterns() -> None:
     after = e.evaluate(held)["loss"]
     assert before - after > 0.5, f"held-out loss {before:.3f} -> {after:.3f}"
     assert sum(1 for q in qs if q) > STEPS // 2  # the bytes carry information
-    assert e.headroom()[0] > 1.0  # still well inside the exact range
+    assert e.headroom().bits > 30  # the int64 state is nowhere near its end

@@ -1,7 +1,8 @@
 """Low-rank directions and K-direction steps: every backend, order and batching gives the same bits.
 
-Oracles: ``protocol.philox.lowrank_signs`` (numpy) in float64 for the kernels; for the engine,
-replaying a step's records on a fresh replica (a step must equal applying its records).
+Oracles: ``protocol.philox.lowrank_signs`` (numpy) in int64 for the kernels (the state, far
+beyond 2**24 in part, and the weights rewritten from it); for the engine, replaying a step's
+records on a fresh replica (a step must equal applying its records).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seedswarm.model import data
-from seedswarm.model.engine import Engine, Hyper
+from seedswarm.model.engine import Engine
 from seedswarm.model.estimators import spsa_gradient
-from seedswarm.model.grid import make_grid, snap_
-from seedswarm.model.kernels import Backend, CpuKernelBackend, TorchBackend, scale_of
+from seedswarm.model.grid import make_grid
+from seedswarm.model.hyper import Hyper
+from seedswarm.model.kernels import Backend, CpuKernelBackend, TorchBackend
 from seedswarm.model.layout import pack_
 from seedswarm.model.loading import byte_tokenizer
 from seedswarm.model.tasks import Examples, prepare
@@ -61,22 +63,35 @@ BACKEND_PARAMS = [
 SHAPES = [(1, 1), (1, 300), (300, 1), (3, 5), (127, 129), (128, 128), (257, 33), (1030, 40)]
 
 
-def _grid_matrix(rng: np.random.Generator, rows: int, cols: int, exp: int) -> torch.Tensor:
-    ints = rng.integers(-(2**20), 2**20, size=(rows, cols))
-    return torch.from_numpy(np.ldexp(ints.astype(np.float64), exp).astype(np.float32))
+def _grid_matrix(rng: np.random.Generator, rows: int, cols: int) -> torch.Tensor:
+    """int64 states, most |n| < 2**20 and a tenth anywhere below 2**62."""
+    ints = rng.integers(-(2**20), 2**20, size=(rows, cols), dtype=np.int64)
+    wide = rng.random((rows, cols)) < 0.1
+    ints[wide] = rng.integers(-(2**62), 2**62, size=int(wide.sum()), dtype=np.int64)
+    return torch.from_numpy(ints)
 
 
 def _expected(
-    w: torch.Tensor, tid: int, seeds: list[int], steps: list[int], exp: int
-) -> torch.Tensor:
-    rows, cols = w.shape
+    n: torch.Tensor, tid: int, seeds: list[int], steps: list[int], exp: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = n.shape
     acc = np.zeros(rows * cols, dtype=np.int64)
     for s, k in zip(seeds, steps, strict=True):
         acc += k * lowrank_signs(s, tid, rows, cols).astype(np.int64)
-    ref = w.numpy().astype(np.float64).reshape(-1) + np.ldexp(acc.astype(np.float64), exp)
-    out = ref.astype(np.float32)
-    assert np.array_equal(out.astype(np.float64), ref), "the oracle itself must be exact"
-    return torch.from_numpy(out.reshape(rows, cols))
+    state = n.numpy().reshape(-1) + acc
+    w = np.ldexp(state.astype(np.float32).astype(np.float64), exp).astype(np.float32)
+    return torch.from_numpy(state.reshape(rows, cols)), torch.from_numpy(w.reshape(rows, cols))
+
+
+def _fresh(n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return n.clone(), torch.full(n.shape, 0.5, dtype=torch.float32)  # stale weights
+
+
+def _same(
+    got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor], what: str
+) -> None:
+    assert_same_bits(got[0], want[0], f"{what} (state)")
+    assert_same_bits(got[1], want[1], f"{what} (weights)")
 
 
 # -- the stream ----------------------------------------------------------------------------------
@@ -119,18 +134,19 @@ def test_lowrank_streams_are_their_own_counters() -> None:
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize(("rows", "cols"), SHAPES)
-def test_lowrank_accumulate_equals_float64_reference(backend: str, rows: int, cols: int) -> None:
+def test_lowrank_accumulate_equals_reference(backend: str, rows: int, cols: int) -> None:
     rng = random.Random(rows * 1000 + cols)
     nrng = np.random.default_rng(rows + cols)
     for exp, tid, r in ((-20, 0, 1), (-7, 2**32 - 1, 9), (0, 12345, 17)):
-        w = _grid_matrix(nrng, rows, cols, exp)
+        base = _grid_matrix(nrng, rows, cols)
         seeds = [rng.choice([0, 2**64 - 1, rng.getrandbits(64)]) for _ in range(r)]
         steps = [rng.randint(-3000, 3000) for _ in range(r)]
         if r > 2:
             steps[1] = 0
-        want = _expected(w, tid, seeds, steps, exp)
-        BACKENDS[backend]().accumulate_lowrank(w, tid, seeds, steps, scale_of(exp))
-        assert_same_bits(w, want, f"{backend} {rows}x{cols} exp={exp}")
+        want = _expected(base, tid, seeds, steps, exp)
+        got = _fresh(base)
+        BACKENDS[backend]().accumulate_lowrank(*got, tid, seeds, steps, 2.0**exp)
+        _same(got, want, f"{backend} {rows}x{cols} exp={exp}")
 
 
 @settings(max_examples=30, deadline=None)
@@ -142,50 +158,50 @@ def test_lowrank_accumulate_equals_float64_reference(backend: str, rows: int, co
 )
 def test_lowrank_backends_agree_hypothesis(rows: int, cols: int, r: int, seed: int) -> None:
     rng = random.Random(seed)
-    base = _grid_matrix(np.random.default_rng(seed), rows, cols, -30)
+    base = _grid_matrix(np.random.default_rng(seed), rows, cols)
     seeds = [rng.getrandbits(64) for _ in range(r)]
-    # sum |steps| up to 2**23: the kernels' int32 sums get near the exact range's edge
+    # sum |steps| up to 2**23: the kernels' int32 sums get near a batch's exact range's edge
     top = (2**23 - 1) // r
     steps = [rng.randint(-top, top) for _ in range(r)]
     want = _expected(base, 5, seeds, steps, -30)
     names = [k for k in BACKENDS if not (k.startswith("cpu") and C_KERNEL_ERROR)]
     for name in names:
-        w = base.clone()
-        BACKENDS[name]().accumulate_lowrank(w, 5, seeds, steps, scale_of(-30))
-        assert_same_bits(w, want, name)
+        got = _fresh(base)
+        BACKENDS[name]().accumulate_lowrank(*got, 5, seeds, steps, 2.0**-30)
+        _same(got, want, name)
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_lowrank_order_and_batching_independence(backend: str) -> None:
     k = BACKENDS[backend]()
     rng = random.Random(3)
-    base = _grid_matrix(np.random.default_rng(3), 200, 70, -16)
+    base = _grid_matrix(np.random.default_rng(3), 200, 70)
     seeds = [rng.getrandbits(64) for _ in range(21)]
     steps = [rng.randint(-999, 999) for _ in range(21)]
-    together = base.clone()
-    k.accumulate_lowrank(together, 2, seeds, steps, scale_of(-16))
+    together = _fresh(base)
+    k.accumulate_lowrank(*together, 2, seeds, steps, 2.0**-16)
     for trial in range(3):
         order = list(range(21))
         rng.shuffle(order)
-        w = base.clone()
+        w = _fresh(base)
         for part in (order[: 5 + trial], order[5 + trial :]):
             k.accumulate_lowrank(
-                w, 2, [seeds[i] for i in part], [steps[i] for i in part], scale_of(-16)
+                *w, 2, [seeds[i] for i in part], [steps[i] for i in part], 2.0**-16
             )
-        assert_same_bits(together, w, f"split {trial}")
-    assert not torch.equal(together, base)
+        _same(w, together, f"split {trial}")
+    assert not torch.equal(together[0], base)
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_lowrank_zero_steps_are_no_ops(backend: str) -> None:
     k = BACKENDS[backend]()
-    w = _grid_matrix(np.random.default_rng(1), 50, 60, -10)
-    w[0, :7] = -0.0
-    before = w.clone()
-    k.accumulate_lowrank(w, 3, [1, 2], [0, 0], scale_of(-10))
-    k.accumulate_lowrank(w, 3, [], [], scale_of(-10))
-    assert_same_bits(w, before, "zero steps")
-    k.accumulate_lowrank(torch.zeros(0, 4), 3, [1], [1], 1.0)
+    n = _grid_matrix(np.random.default_rng(1), 50, 60)
+    w = _fresh(n)
+    before = (w[0].clone(), w[1].clone())
+    k.accumulate_lowrank(*w, 3, [1, 2], [0, 0], 2.0**-10)
+    k.accumulate_lowrank(*w, 3, [], [], 2.0**-10)
+    _same(w, before, "zero steps touch nothing")
+    k.accumulate_lowrank(torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0, 4), 3, [1], [1], 1.0)
 
 
 @requires_c
@@ -193,14 +209,21 @@ def test_c_lowrank_refuses_what_it_cannot_address() -> None:
     k = CpuKernelBackend(threads=1)
     from seedswarm.model.errors import ModelError
 
-    with pytest.raises(ModelError, match="contiguous fp32"):
-        k.accumulate_lowrank(torch.zeros(10, 10)[:, ::2], 0, [1], [1], 1.0)
+    with pytest.raises(ModelError, match="contiguous CPU tensors"):
+        k.accumulate_lowrank(
+            torch.zeros(10, 10, dtype=torch.int64)[:, ::2], torch.zeros(10, 10)[:, ::2], 0, [1],
+            [1], 1.0,
+        )  # fmt: skip
+    with pytest.raises(ModelError, match="int64 state"):
+        k.accumulate_lowrank(torch.zeros(10, 10), torch.zeros(10, 10), 0, [1], [1], 1.0)
 
 
 # -- the packed layout -----------------------------------------------------------------------------
 
 
-def _packed_mixed(lowrank: bool) -> tuple[list[torch.Tensor], torch.Tensor, object]:
+def _packed_mixed(
+    lowrank: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, object]:
     rng = np.random.default_rng(0)
     shapes = [(300,), (40, 50), (7,), (129, 3), (1, 260), (5, 5, 5)]
     tensors = [torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
@@ -208,14 +231,12 @@ def _packed_mixed(lowrank: bool) -> tuple[list[torch.Tensor], torch.Tensor, obje
         [(f"p{i}", t) for i, t in enumerate(tensors)],
         epsilon=1e-3, unit_exp=-12, headroom_exp=3, grid_min_exp=-20,
     )  # fmt: skip
-    for t, g in zip(tensors, grids, strict=True):
-        snap_(t, g.exp)
-    flat, layout = pack_(tensors, grids, lowrank=lowrank)
-    return tensors, flat, layout
+    flat, state, layout = pack_(tensors, grids, lowrank=lowrank)
+    return tensors, flat, state, layout
 
 
 def test_pack_puts_matrices_after_the_dense_tensors() -> None:
-    tensors, flat, layout = _packed_mixed(lowrank=True)
+    tensors, flat, _, layout = _packed_mixed(lowrank=True)
     from seedswarm.model.layout import FlatLayout
 
     assert isinstance(layout, FlatLayout)
@@ -230,7 +251,7 @@ def test_pack_puts_matrices_after_the_dense_tensors() -> None:
         assert (
             tensors[m.tensor_id].untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
         )
-    _, _, dense = _packed_mixed(lowrank=False)
+    _, _, _, dense = _packed_mixed(lowrank=False)
     assert isinstance(dense, FlatLayout)
     assert dense.matrices == ()
     assert dense.n_dense_blocks == dense.n_blocks
@@ -240,29 +261,32 @@ def test_pack_puts_matrices_after_the_dense_tensors() -> None:
 def test_accumulate_flat_with_matrices_equals_per_tensor_reference(backend: str) -> None:
     from seedswarm.model.layout import FlatLayout
 
-    tensors, flat, layout = _packed_mixed(lowrank=True)
+    tensors, flat, state, layout = _packed_mixed(lowrank=True)
     assert isinstance(layout, FlatLayout)
-    originals = [t.clone() for t in tensors]
+    state[::5] += 2**50  # part of every tensor far beyond 2**24
+    before = state.clone()
     rng = random.Random(4)
     terms = [
         (rng.getrandbits(64), rng.choice([0, 1, -2]), rng.randint(-127, 127)) for _ in range(9)
     ]
     steps = layout.steps_matrix(terms)
     seeds = [s for s, _, _ in terms]
-    BACKENDS[backend]().accumulate_flat(flat, layout, seeds, steps)
+    BACKENDS[backend]().accumulate_flat(state, flat, layout, seeds, steps)
     matrices = {m.tensor_id for m in layout.matrices}
-    for t, o in enumerate(originals):
-        exp = int(np.log2(float(layout.scales[t])))
+    for t, (off, n) in enumerate(zip(layout.offsets, layout.numels, strict=True)):
+        exp = layout.exps[t]
         col = [int(x) for x in steps[:, t]]
+        shape = tensors[t].shape
         if t in matrices:
-            want = _expected(o, t, seeds, col, exp)
+            want = _expected(before[off : off + n].view(shape), t, seeds, col, exp)
         else:
-            acc = np.zeros(o.numel(), dtype=np.int64)
+            acc = np.zeros(n, dtype=np.int64)
             for s, k in zip(seeds, col, strict=True):
-                acc += k * signs(s, t, o.numel()).astype(np.int64)
-            ref = o.numpy().astype(np.float64).reshape(-1) + np.ldexp(acc.astype(np.float64), exp)
-            want = torch.from_numpy(ref.astype(np.float32)).view(o.shape)
-        assert_same_bits(tensors[t], want, f"{backend} tensor {t}")
+                acc += k * signs(s, t, n).astype(np.int64)
+            st_ = before[off : off + n].numpy() + acc
+            w = np.ldexp(st_.astype(np.float32).astype(np.float64), exp).astype(np.float32)
+            want = (torch.from_numpy(st_).view(shape), torch.from_numpy(w).view(shape))
+        _same((state[off : off + n].view(shape), tensors[t]), want, f"{backend} tensor {t}")
 
 
 # -- the engine: K-direction steps and low-rank records ------------------------------------------

@@ -128,8 +128,10 @@ def test_multidim_tensor_takes_its_signs_in_row_major_order(shape: tuple[int, ..
     """A (d0, d1, ...) tensor updated through its flat view: element [i, j, ...] gets z[flat index]."""
     numel = int(np.prod(shape))
     ref = signs(42, 4, numel).reshape(shape)
+    n = torch.zeros(shape, dtype=torch.int64)
     w = torch.zeros(shape, dtype=torch.float32)
-    TorchBackend().accumulate(w.view(-1), 4, [42], [1], 1.0)
+    TorchBackend().accumulate(n.view(-1), w.view(-1), 4, [42], [1], 1.0)
+    assert np.array_equal(n.numpy(), ref.astype(np.int64))
     assert np.array_equal(w.numpy(), ref.astype(np.float32))
     idx = tuple(d - 1 for d in shape)
     flat_index = int(np.ravel_multi_index(idx, shape))

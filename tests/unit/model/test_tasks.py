@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from seedswarm.model.data import RawData
-from seedswarm.model.engine import Engine, Hyper
+from seedswarm.model.engine import Engine
 from seedswarm.model.errors import DataError, ModelError
+from seedswarm.model.hyper import Hyper
 from seedswarm.model.loading import Loaded, load
 from seedswarm.model.tasks import (
     SENTIMENT,

@@ -148,7 +148,7 @@ def test_frame_values() -> None:
     f = frame(first_seq=10)
     assert f.count == 5
     assert f.end_seq == 15
-    assert f.q_values() == [1, -1, 127, -127, 0]
+    assert [r.q for r in f.records()] == [1, -1, 127, -127, 0]
     assert [(r.node, r.seq, r.q, r.clock) for r in f.records()] == [
         ("alice", 10, 1, 3), ("alice", 11, -1, 3), ("alice", 12, 127, 3),
         ("alice", 13, -127, 3), ("alice", 14, 0, 3),

@@ -199,7 +199,7 @@ def test_add_own() -> None:
     log = OrderedLog()
     log.offer(fr("b", 0, [1], clock=7))
     f = own(log, [1, -1, 127], clock=log.max_clock + 1)
-    assert (f.node, f.first_seq, f.clock, f.q_values()) == ("me", 0, 8, [1, -1, 127])
+    assert (f.node, f.first_seq, f.clock, [r.q for r in f.records()]) == ("me", 0, 8, [1, -1, 127])
     assert log.held() == {"b": 1, "me": 3}
     assert log.max_clock == 8
     g = own(log, [0], clock=8)

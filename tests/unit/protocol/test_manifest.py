@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from seedswarm.protocol import canonical
 from seedswarm.protocol.errors import ManifestError
-from seedswarm.protocol.manifest import RUN_DOMAIN, Manifest, TaskSpec
+from seedswarm.protocol.manifest import RUN_DOMAIN, AdapterSpec, Manifest, TaskSpec
 
 from .strategies import KEY_A, KEY_B
 
@@ -36,10 +36,18 @@ def manifest(**changes: Any) -> Manifest:
 
 def signed_manifest() -> Manifest:
     keys = tuple(sorted([("alice", KEY_A.public_hex()), ("bob", KEY_B.public_hex())]))
-    return manifest(task=CLASSIFY, keys=keys, trainable=r"layers\.\d+\.attn")
+    return manifest(task=CLASSIFY, keys=keys, trainable=r"layers\.[0-9]+\.attn")
 
 
-EXAMPLES = [manifest(), signed_manifest(), manifest(epsilon=1e-2, lr=3e-5, unit_exp=-33)]
+COMPLETION = TaskSpec(kind="completion", seq_len=256, template="Question: {prompt}\nAnswer:")
+LORA = AdapterSpec(kind="lora", rank=8, alpha=16.0, targets=("q_proj", "v_proj"))
+
+EXAMPLES = [
+    manifest(),
+    signed_manifest(),
+    manifest(epsilon=1e-2, lr=3e-5, unit_exp=-33),
+    manifest(task=COMPLETION, adapter=LORA, trainable="lora_B"),
+]
 
 
 @pytest.mark.parametrize("m", EXAMPLES)
@@ -61,7 +69,7 @@ def test_run_id_is_the_documented_hash() -> None:
     assert m.run_id().hex() == GOLDEN_RUN_ID
 
 
-GOLDEN_RUN_ID = "7a9cd47e18f0448b"  # manifest format 2 (protocol 2)
+GOLDEN_RUN_ID = "b56bccb13a929d57"  # manifest format 3 (protocol 3)
 
 
 def test_run_id_is_stable() -> None:
@@ -96,6 +104,7 @@ CHANGES: list[tuple[str, Any]] = [
     ("trainable", "mlp"),
     ("init_seed", 1),
     ("keys", (("alice", KEY_A.public_hex()),)),
+    ("adapter", LORA),
 ]
 
 
@@ -117,6 +126,9 @@ def test_run_id_changes_with_every_field(field: str, value: Any) -> None:
         dataclasses.replace(CLASSIFY, template="Review: {text}"),
         dataclasses.replace(CLASSIFY, scorer="lm"),
         dataclasses.replace(CLASSIFY, seq_len=65),
+        COMPLETION,
+        dataclasses.replace(COMPLETION, template=""),
+        dataclasses.replace(COMPLETION, template="", chat=True),
     ],
 )
 def test_run_id_changes_with_every_task_field(task: TaskSpec) -> None:
@@ -125,6 +137,48 @@ def test_run_id_changes_with_every_task_field(task: TaskSpec) -> None:
     assert changed.run_id() != base.run_id()
     assert base.differences(changed) == ["task"]
     assert Manifest.from_json(changed.to_json()) == changed
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        dataclasses.replace(LORA, rank=4),
+        dataclasses.replace(LORA, alpha=32.0),
+        dataclasses.replace(LORA, targets=("q_proj",)),
+    ],
+)
+def test_run_id_changes_with_every_adapter_field(adapter: AdapterSpec) -> None:
+    base = manifest(adapter=LORA)
+    changed = base.replace(adapter=adapter)
+    assert changed.run_id() != base.run_id()
+    assert base.differences(changed) == ["adapter"]
+    assert Manifest.from_json(changed.to_json()) == changed
+
+
+def test_a_manifest_without_an_adapter_has_no_adapter_field() -> None:
+    """An absent adapter keeps the bytes (and run ids) of manifests that never had one."""
+    assert "adapter" not in manifest().to_dict()
+    assert manifest(adapter=LORA).to_dict()["adapter"] == {
+        "kind": "lora",
+        "rank": 8,
+        "alpha": 16.0,
+        "targets": ["q_proj", "v_proj"],
+    }
+    assert LORA.scaling == 2.0
+
+
+def test_a_completion_task_is_kind_seq_len_and_template() -> None:
+    assert COMPLETION.to_dict() == {
+        "kind": "completion",
+        "seq_len": 256,
+        "template": "Question: {prompt}\nAnswer:",
+        "chat": False,
+    }
+    assert TaskSpec.from_dict(COMPLETION.to_dict()) == COMPLETION
+    chat = TaskSpec(kind="completion", seq_len=64, chat=True)
+    assert chat.to_dict() == {"kind": "completion", "seq_len": 64, "template": "", "chat": True}
+    assert TaskSpec.from_dict(chat.to_dict()) == chat
+    assert "chat" not in CLASSIFY.to_dict()
 
 
 def test_differences() -> None:
@@ -146,8 +200,9 @@ def test_properties() -> None:
 
 BAD_TOP: list[tuple[str, Any]] = [
     ("format", 1),  # protocol 1: its nodes could not read our frames
-    ("format", 3),
-    ("format", "2"),
+    ("format", 2),  # protocol 2: fp32 weights that left their exact range in long runs
+    ("format", 4),
+    ("format", "3"),
     ("name", ""),
     ("name", "a/b"),
     ("name", "x" * 65),
@@ -196,6 +251,24 @@ BAD_TOP: list[tuple[str, Any]] = [
     ("task", {"kind": "translate", "seq_len": 64}),
     # A lone surrogate is caught by the manifest, which needs UTF-8 to hash its task.
     ("task", {"kind": "classify", "seq_len": 128, "scorer": "head", "labels": ["a", "\ud800"]}),
+    ("adapter", None),
+    ("adapter", []),
+    ("adapter", {}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0}),
+    ("adapter", {"kind": "ia3", "rank": 8, "alpha": 16.0, "targets": ["q"]}),
+    ("adapter", {"kind": "lora", "rank": 0, "alpha": 16.0, "targets": ["q"]}),
+    ("adapter", {"kind": "lora", "rank": 1025, "alpha": 16.0, "targets": ["q"]}),
+    ("adapter", {"kind": "lora", "rank": 8.0, "alpha": 16.0, "targets": ["q"]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 0.0, "targets": ["q"]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": float("inf"), "targets": ["q"]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": []}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": ["v", "q"]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": ["q", "q"]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": ["a b"]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": [".q"]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": [3]}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": ["q"] * 65}),
+    ("adapter", {"kind": "lora", "rank": 8, "alpha": 16.0, "targets": ["q"], "dropout": 0.1}),
 ]
 
 BAD_TASK: list[dict[str, Any]] = [
@@ -216,6 +289,19 @@ BAD_TASK: list[dict[str, Any]] = [
      "label_words": ["x", "y"], "temperature": 10**400},
     {"kind": "classify", "seq_len": 128, "scorer": "head", "labels": ["a", "b"],
      "temperature": float("nan")},
+    {"kind": "completion", "seq_len": 128, "template": "{question}"},
+    {"kind": "completion", "seq_len": 128, "template": "{prompt} {other}"},
+    {"kind": "completion", "seq_len": 128, "template": "no field"},
+    {"kind": "completion", "seq_len": 128, "template": "{prompt"},
+    {"kind": "completion", "seq_len": 128, "template": "{0}"},
+    {"kind": "completion", "seq_len": 128, "template": "{prompt.upper}"},
+    {"kind": "completion", "seq_len": 128, "scorer": "lm"},
+    {"kind": "completion", "seq_len": 128, "labels": ["a", "b"]},
+    {"kind": "completion", "seq_len": 128, "temperature": 0.5},
+    {"kind": "completion", "seq_len": 128, "chat": True, "template": "{prompt}"},
+    {"kind": "completion", "seq_len": 128, "chat": 1},
+    {"kind": "causal_lm", "seq_len": 128, "chat": True},
+    {"kind": "classify", "seq_len": 128, "scorer": "head", "labels": ["a", "b"], "chat": True},
 ]  # fmt: skip
 
 
@@ -255,6 +341,12 @@ def test_optional_fields_have_defaults() -> None:
     d = manifest().to_dict()
     del d["keys"], d["trainable"]
     assert Manifest.from_dict(d) == manifest()
+
+
+def test_an_adapter_cannot_train_a_new_head() -> None:
+    head = TaskSpec(kind="classify", seq_len=64, scorer="head", labels=("a", "b"))
+    with pytest.raises(ManifestError, match="adapter"):
+        manifest(task=head, adapter=LORA)
 
 
 def test_unsorted_or_duplicate_keys_rejected_by_the_constructor() -> None:
@@ -308,5 +400,9 @@ def test_unknown_fields_are_refused(where: str) -> None:
         d["learning_rate"] = 0.1
     else:
         d["task"]["seqlen"] = 5
+    with pytest.raises(ManifestError, match="unknown field"):
+        Manifest.from_dict(d)
+    d = manifest(adapter=LORA).to_dict()
+    d["adapter"]["lora_dropout"] = 0.0
     with pytest.raises(ManifestError, match="unknown field"):
         Manifest.from_dict(d)

@@ -12,15 +12,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from seedswarm.protocol import codec
 from seedswarm.protocol.codec import (
     MAX_MESSAGE_BYTES,
     MESSAGE_DOMAIN,
     decode_message,
     encode_message,
-    unpack_strict,
 )
 from seedswarm.protocol.errors import DecodeError, ProtocolError, SignatureError, WrongRunError
 from seedswarm.protocol.messages import (
+    CONTENT_BYTES,
     DIGEST_BYTES,
     FINGERPRINT_BYTES,
     MAX_HTTP,
@@ -127,13 +128,21 @@ def wants(draw: st.DrawFn) -> Want:
 
 
 vv_requests = st.builds(VvRequest, requester=node_ids, run_id=st.just(RUN))
-vvs = st.builds(
-    Vv,
-    sender=node_ids,
-    run_id=st.just(RUN),
-    held=st.dictionaries(node_ids, st.integers(1, SEQ_LIMIT), max_size=20),
-)
-controls: st.SearchStrategy[Control] = st.one_of(presences, wants(), vv_requests, vvs)
+
+
+@st.composite
+def vvs(draw: st.DrawFn) -> Vv:
+    held = draw(st.dictionaries(node_ids, st.integers(1, SEQ_LIMIT), max_size=20))
+    digests = st.binary(min_size=CONTENT_BYTES, max_size=CONTENT_BYTES)
+    return Vv(draw(node_ids), RUN, held, {n: draw(digests) for n in held})
+
+
+def cvv(sender: str, held: dict[str, int], fill: int = 0xC0) -> Vv:
+    """A vv whose content digests are made up (16 bytes of ``fill`` each)."""
+    return Vv(sender, RUN, held, dict.fromkeys(held, bytes([fill]) * CONTENT_BYTES))
+
+
+controls: st.SearchStrategy[Control] = st.one_of(presences, wants(), vv_requests, vvs())
 
 PRESENCE = Presence(
     "alice", RUN, True, 5, b"\x11" * 8, 9, 4, 0.5, "http://x:1",
@@ -141,9 +150,10 @@ PRESENCE = Presence(
 )  # fmt: skip
 WANT = Want("alice", RUN, "bob", 300, 7)
 VV_REQUEST = VvRequest("alice", RUN)
-VV = Vv("alice", RUN, {"bob": 3, "carol": 2**63})
+VV = cvv("alice", {"bob": 3, "carol": 2**63})
 EXAMPLES: list[Control] = [PRESENCE, WANT, VV_REQUEST, VV]
 KINDS = ["presence", "want", "vv_request", "vv"]
+VV_ENTRY = {"bob": [3, b"\x01" * CONTENT_BYTES]}  # a vv's map: node -> [next seq, content]
 
 
 # == round trips and the wire form ==================================================================
@@ -155,7 +165,7 @@ KINDS = ["presence", "want", "vv_request", "vv"]
 @example(c=Presence("n" * 32, RUN, True, SEQ_LIMIT, b"\xff" * 8, 2**64 - 1, 2**64 - 1, -0.0))
 @example(c=Want("a", RUN, "b", SEQ_LIMIT - MAX_WANT, MAX_WANT))
 @example(c=Want("a", RUN, "b", SEQ_LIMIT - 1, 1))
-@example(c=Vv("a", RUN, {}))
+@example(c=Vv("a", RUN, {}, {}))
 def test_open_round_trip(c: Control) -> None:
     data = encode(c)
     assert decode_control(data, sender=sender_of(c), run_id=RUN, keys=None) == c
@@ -179,7 +189,10 @@ def test_signed_round_trip(c: Control) -> None:
 WIRE_FORMS: list[tuple[Control, bytes]] = [
     (WANT, b"\x96\x02\xa1w\xc4\x08" + RUN + b"\xa3bob\xcd\x01\x2c\x07"),
     (VV_REQUEST, b"\x93\x02\xa1q\xc4\x08" + RUN),
-    (Vv("alice", RUN, {"bob": 3}), b"\x94\x02\xa1v\xc4\x08" + RUN + b"\x81\xa3bob\x03"),
+    (
+        cvv("alice", {"bob": 3}, 0xAB),
+        b"\x94\x02\xa1v\xc4\x08" + RUN + b"\x81\xa3bob\x92\x03\xc4\x10" + b"\xab" * 16,
+    ),
     (
         Presence("alice", RUN, False),
         b"\x9c\x02\xa1p\xc4\x08"
@@ -236,17 +249,36 @@ def test_integer_loss_becomes_float() -> None:
 
 
 def test_empty_vv_entries_are_left_out() -> None:
-    assert decode(packed([2, "v", RUN, {"bob": 0, "carol": 4}])) == Vv("alice", RUN, {"carol": 4})
+    c = b"\x01" * CONTENT_BYTES
+    got = decode(packed([2, "v", RUN, {"bob": [0, c], "carol": [4, c]}]))
+    assert got == Vv("alice", RUN, {"carol": 4}, {"carol": c})
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        (3, "bad_type"),  # protocol 2's form: a bare next seq
+        ([3], "malformed"),
+        ([3, b"\x01" * 16, 0], "malformed"),
+        (["3", b"\x01" * 16], "bad_type"),
+        ([3, "x" * 16], "bad_type"),
+        ([3, b"\x01" * 15], "bad_range"),
+        ([3, b"\x01" * 17], "bad_range"),
+        ([SEQ_LIMIT + 1, b"\x01" * 16], "bad_range"),
+    ],
+)
+def test_a_vv_entry_is_next_seq_and_content(entry: Any, reason: str) -> None:
+    assert reason_of(packed([2, "v", RUN, {"bob": entry}])) == reason
 
 
 def test_the_largest_vv() -> None:
     held = {f"{i:032d}": SEQ_LIMIT for i in range(MAX_VV_NODES)}
-    data = encode_vv(Vv("alice", RUN, held), KEY_A)
+    data = encode_vv(cvv("alice", held), KEY_A)
     assert len(data) <= MAX_MESSAGE_BYTES
-    assert decode(data, KEYS) == Vv("alice", RUN, held)
+    assert decode(data, KEYS) == cvv("alice", held)
     held["x"] = 1
-    assert reason_of(encode_vv(Vv("alice", RUN, held), KEY_A), KEYS) == "oversized"
-    assert reason_of(encode_vv(Vv("alice", RUN, held))) == "oversized"
+    assert reason_of(encode_vv(cvv("alice", held), KEY_A), KEYS) == "oversized"
+    assert reason_of(encode_vv(cvv("alice", held))) == "oversized"
 
 
 def test_bytearray_and_memoryview_accepted() -> None:
@@ -336,19 +368,19 @@ FIELD_CASES: list[tuple[str, list[Any], int, Any, str]] = [
     ("w", WANT_FIELDS, 2, True, "bad_type"),
     ("w", WANT_FIELDS, 2, "7", "bad_type"),
     # vv: {node: next seq}
-    ("v", [{"bob": 3}], 0, [], "bad_type"),
-    ("v", [{"bob": 3}], 0, [["bob", 3]], "bad_type"),
-    ("v", [{"bob": 3}], 0, None, "bad_type"),
-    ("v", [{"bob": 3}], 0, {"b/c": 1}, "bad_range"),
-    ("v", [{"bob": 3}], 0, {"": 1}, "bad_range"),
-    ("v", [{"bob": 3}], 0, {"x" * 33: 1}, "bad_range"),
-    ("v", [{"bob": 3}], 0, {b"bob": 1}, "bad_type"),
-    ("v", [{"bob": 3}], 0, {"bob": -1}, "bad_range"),
-    ("v", [{"bob": 3}], 0, {"bob": SEQ_LIMIT + 1}, "bad_range"),
-    ("v", [{"bob": 3}], 0, {"bob": True}, "bad_type"),
-    ("v", [{"bob": 3}], 0, {"bob": 1.0}, "bad_type"),
-    ("v", [{"bob": 3}], 0, {"bob": None}, "bad_type"),
-    ("v", [{"bob": 3}], 0, {"bob": 1, "carol": "2"}, "bad_type"),
+    ("v", [VV_ENTRY], 0, [], "bad_type"),
+    ("v", [VV_ENTRY], 0, [["bob", 3]], "bad_type"),
+    ("v", [VV_ENTRY], 0, None, "bad_type"),
+    ("v", [VV_ENTRY], 0, {"b/c": [1, b"\x01" * 16]}, "bad_range"),
+    ("v", [VV_ENTRY], 0, {"": [1, b"\x01" * 16]}, "bad_range"),
+    ("v", [VV_ENTRY], 0, {"x" * 33: [1, b"\x01" * 16]}, "bad_range"),
+    ("v", [VV_ENTRY], 0, {b"bob": [1, b"\x01" * 16]}, "bad_type"),
+    ("v", [VV_ENTRY], 0, {"bob": [-1, b"\x01" * 16]}, "bad_range"),
+    ("v", [VV_ENTRY], 0, {"bob": [SEQ_LIMIT + 1, b"\x01" * 16]}, "bad_range"),
+    ("v", [VV_ENTRY], 0, {"bob": [True, b"\x01" * 16]}, "bad_type"),
+    ("v", [VV_ENTRY], 0, {"bob": [1.0, b"\x01" * 16]}, "bad_type"),
+    ("v", [VV_ENTRY], 0, {"bob": [None, b"\x01" * 16]}, "bad_type"),
+    ("v", [VV_ENTRY], 0, {"bob": [1, b"\x01" * 16], "carol": ["2", b"\x01" * 16]}, "bad_type"),
 ]
 
 
@@ -376,7 +408,7 @@ def test_field_limits_that_are_valid() -> None:
         ("p", PRESENCE_FIELDS, 7, None),
         ("w", WANT_FIELDS, 1, SEQ_LIMIT - 7),
         ("w", WANT_FIELDS, 2, MAX_WANT),
-        ("v", [{"bob": 3}], 0, {"bob": SEQ_LIMIT}),
+        ("v", [VV_ENTRY], 0, {"bob": [SEQ_LIMIT, b"\x01" * 16]}),
     ]:
         fields = list(base)
         fields[index] = value
@@ -388,7 +420,7 @@ def test_field_limits_that_are_valid() -> None:
     [("p", 0), ("p", 8), ("p", 10), ("w", 0), ("w", 2), ("w", 4), ("q", 1), ("v", 0), ("v", 2)],
 )
 def test_wrong_arity(kind: str, n: int) -> None:
-    fields = {"p": PRESENCE_FIELDS, "w": WANT_FIELDS, "q": [], "v": [{"bob": 3}]}[kind]
+    fields = {"p": PRESENCE_FIELDS, "w": WANT_FIELDS, "q": [], "v": [VV_ENTRY]}[kind]
     msg = [2, kind, RUN, *(list(fields) + [None] * 9)[:n]]
     assert reason_of(packed(msg)) == "malformed"
     assert reason_of(signed_packed(msg), KEYS) == "malformed"
@@ -451,9 +483,16 @@ def test_bad_header(value: Any, reason: str) -> None:
         (b"\x93\x02\xa1q\xc4\x08" + RUN + b"\x00" * 63, "malformed"),
         (b"\x93\x02\xa1q\xc4\x08" + RUN + b"\x00" * 65, "malformed"),
         (b"\x93\x02\xa1\xff\xc4\x08" + RUN, "malformed"),  # a str that is not UTF-8
-        (b"\x94\x02\xa1v\xc4\x08" + RUN + b"\x81\x01\x01", "malformed"),  # an integer map key
-        (b"\xdd\xff\xff\xff\xff", "malformed"),  # 4 billion elements: over max_array_len
-        (b"\x91" * 5000, "malformed"),  # nesting too deep
+        (b"\x94\x02\xa1v\xc4\x08" + RUN + b"\x81\x01\x01", "bad_type"),  # an integer map key
+        (b"\x94\x02\xa1v\xc4\x08" + RUN + b"\x81\x91\x01\x01", "bad_type"),  # an array as key
+        (b"\x94\x02\xa1v\xc4\x08" + RUN + b"\x82\xa1a\x01\xa1a\x02", "malformed"),  # a key twice
+        (b"\xdd\xff\xff\xff\xff", "truncated"),  # 4 billion elements: past the end
+        (b"\xdd\x00\x00\x00\x05\x01", "truncated"),
+        (b"\xdb\xff\xff\xff\xff", "truncated"),  # a str of 4 GiB
+        (b"\xc6\xff\xff\xff\xff", "truncated"),
+        (b"\xc9\xff\xff\xff\xff\x05", "truncated"),  # an ext of 4 GiB
+        (b"\x91" * 1025 + b"\x00", "malformed"),  # nesting too deep
+        (b"\x91" * 5000, "malformed"),
     ],
 )
 def test_not_a_message(data: bytes, reason: str) -> None:
@@ -463,18 +502,23 @@ def test_not_a_message(data: bytes, reason: str) -> None:
 @pytest.mark.parametrize(
     ("ext", "reason"),
     [
-        (b"\xc7\x00\x05", "bad_type"),  # empty ext 5: refused by the ext hook
-        (b"\xd4\x05x", "malformed"),  # ext 5 with data: refused by max_ext_len=0
-        (b"\xd6\xff\x00\x00\x00\x00", "malformed"),  # a msgpack timestamp (ext -1)
-        (b"\xc7\x00\xff", "malformed"),
+        (b"\xc7\x00\x05", "bad_type"),  # an empty ext 5
+        (b"\xd4\x05x", "bad_type"),  # ext 5 with data
+        (b"\xd6\xff\x00\x00\x00\x00", "bad_type"),  # a msgpack timestamp (ext -1)
+        (b"\xc7\x00\xff", "bad_type"),  # ext -1 of a length no timestamp has
+        (b"\x81\xa1a\xd6\xff\x00\x00\x00\x00", "bad_type"),  # a timestamp as a map value
+        (b"\x91\xd6\xff\x00\x00\x00\x00", "bad_type"),  # ... in an array
     ],
 )
 def test_extension_types_rejected(ext: bytes, reason: str) -> None:
+    """Every extension type is one fault, wherever it is (docs/PROTOCOL.md §9)."""
     data = b"\x94" + packed([2, "v", RUN])[1:] + ext  # an extension type in place of the map
     assert reason_of(data) == reason
+    assert reason_of(ext) == reason  # ... or in place of the message
 
 
 def test_unpack_strict() -> None:
+    unpack_strict = codec.unpack_strict
     assert unpack_strict(packed([1, {"a": b"x"}]), max_bytes=10) == [1, {"a": b"x"}]
     for data, max_bytes, reason in [
         (b"\x90" * 11, 10, "oversized"),
@@ -568,7 +612,7 @@ def _other(c: Control) -> Control:
         return Want(c.requester, OTHER_RUN, c.node, c.first, c.count)
     if isinstance(c, VvRequest):
         return VvRequest(c.requester, OTHER_RUN)
-    return Vv(c.sender, OTHER_RUN, c.held)
+    return Vv(c.sender, OTHER_RUN, c.held, c.content)
 
 
 @pytest.mark.parametrize("c", EXAMPLES, ids=KINDS)

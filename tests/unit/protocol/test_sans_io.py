@@ -23,7 +23,8 @@ MODULES = sorted(PACKAGE_DIR.glob("*.py"))
 def test_the_package_has_the_expected_modules() -> None:
     names = {m.stem for m in MODULES}
     expected = {"philox", "seeds", "quantize", "manifest", "records", "codec", "signing",
-                "messages", "vv", "log", "sync", "canonical", "errors", "ids", "__init__"}  # fmt: skip
+                "messages", "vv", "log", "sync", "canonical", "errors", "ids", "__init__",
+                "logfile", "retained", "pattern"}  # fmt: skip
     assert expected <= names
 
 

@@ -26,7 +26,18 @@ from seedswarm.protocol.codec import (
     encode_message,
     sign_frame,
 )
-from seedswarm.protocol.log import MAX_CLOCK_JUMP
+from seedswarm.protocol.events import (
+    Dropped,
+    Event,
+    ForeignRun,
+    FrameAccepted,
+    PeerGone,
+    PeerSeen,
+    Retracted,
+    VvRequested,
+    WantReceived,
+)
+from seedswarm.protocol.log import MAX_CLOCK_JUMP, content_digest
 from seedswarm.protocol.manifest import Manifest, TaskSpec
 from seedswarm.protocol.messages import (
     Presence,
@@ -43,17 +54,8 @@ from seedswarm.protocol.records import Frame
 from seedswarm.protocol.session import (
     INVALID,
     OTHER,
-    Dropped,
-    Event,
-    ForeignRun,
-    FrameAccepted,
-    PeerGone,
-    PeerSeen,
-    Retracted,
     Session,
     SessionConfig,
-    VvRequested,
-    WantReceived,
 )
 from seedswarm.protocol.vv import digest_bytes
 
@@ -374,7 +376,7 @@ def test_a_peer_that_holds_more_is_asked_for_its_version_vector_now_and_then() -
     assert [m.kind for m in s.wants(now=1.0)] == []  # vv_every: not again at once
     # the answer names what it holds: gone authors' records are asked for from it
     s.receive(T.presence("x"), presence("x", alive=False, own=40), now=1.0)
-    vv = encode_vv(Vv("a", RUN, {"a": 2, "x": 40}))
+    vv = encode_vv(Vv("a", RUN, {"a": 2, "x": 40}, {"a": bytes(16), "x": bytes(16)}))
     assert s.receive(T.sync("me", "a"), vv, now=1.0) == []
     wants = [decode_control(m.payload, sender="me", run_id=RUN, keys=None) for m in s.wants(4.0)]
     assert Want("me", RUN, "x", 0, 40) in wants
@@ -389,7 +391,7 @@ def test_a_vv_request_is_an_event_and_the_answer_is_our_vector() -> None:
     out = s.vv("b")
     assert out.topic == T.sync("b", "me")
     assert decode_control(out.payload, sender="me", run_id=RUN, keys=None) == Vv(
-        "me", RUN, {"a": 2}
+        "me", RUN, {"a": 2}, {"a": content_digest("a", bytes([1, 2]))}
     )
 
 

@@ -1,0 +1,434 @@
+"""``seedswarm bench scale``: the swarm's records-efficiency as a curve, in virtual time.
+
+N nodes train one run as ``seedswarm swarm`` would run them — the run a node builds from
+``--model`` and ``--data`` (node/startup.py: its task, estimator, trainable set, lr and unit),
+each node on its shard of the data, stepping every ``--scale-step-s`` seconds — but in one
+process, on one real engine, in virtual time. The exact grid makes that cheap and exact:
+
+    the global state G holds every record produced so far (all nodes'); a node's view when it
+    steps at time t is G minus the records it has not seen yet; the step un-applies them (the
+    state is integers: -q undoes q bit for bit), steps on that view (the real Engine.step, its
+    records fused in), and re-applies them, so G again holds everything.
+
+A record is seen by its author at once and by every other node once its frame is published
+and delivered: a node's records wait in a frame that is sealed ``--scale-latency`` seconds
+after its first record (the node's ``--max-latency``; ``seedswarm swarm`` uses 1 s), then
+take ``--scale-delay`` seconds to arrive. G is evaluated every ``--scale-eval-every`` records;
+the records at which it first reaches the target loss (and accuracy) are interpolated
+between two evaluations. Several seeds a point (a seed moves the nodes' phases and the
+directions), because single runs mislead.
+
+    efficiency(N) = median records to target with 1 node / median with N nodes
+
+and the predicted wall-clock speed-up on N hosts, with the cost of applying a peer's record
+measured on this machine rather than assumed: each own step of T seconds also applies the
+(N - 1) K records of the other nodes' steps,
+
+    speed-up(N) = N * efficiency(N) * T / (T + (N - 1) * K * t_apply)
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from seedswarm.daemon.console import table
+from seedswarm.daemon.errors import ConfigError
+
+from .settings import BenchSettings, sizes
+
+
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    records: int
+    loss: float
+    accuracy: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleRun:
+    nodes: int
+    seed: int
+    records_to_loss: float | None  # interpolated; None: not reached within the budget
+    records_to_accuracy: float | None
+    unseen_per_step: float  # mean records of others a step did not see yet (staleness)
+    steps: int
+    forwards: int
+    seconds: float  # real seconds the run took here
+    curve: tuple[CurvePoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScalePoint:
+    nodes: int
+    runs: tuple[ScaleRun, ...]
+    records_to_loss: float | None  # median over the seeds (None if any missed)
+    records_to_accuracy: float | None
+    efficiency_loss: float | None
+    efficiency_accuracy: float | None
+    speedup: float | None  # predicted wall-clock, from the loss efficiency
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleResult:
+    model: str
+    data: str
+    estimator: str
+    records_per_step: int
+    step_s: float
+    latency_s: float
+    delay_s: float
+    target_loss: float
+    target_accuracy: float | None
+    apply_s_per_record: float
+    step_s_measured: float  # real seconds of one own step here (for the speed-up)
+    points: tuple[ScalePoint, ...]
+    plot: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "data": self.data,
+            "estimator": self.estimator,
+            "records_per_step": self.records_per_step,
+            "step_s": self.step_s,
+            "latency_s": self.latency_s,
+            "delay_s": self.delay_s,
+            "target_loss": self.target_loss,
+            "target_accuracy": self.target_accuracy,
+            "apply_s_per_record": self.apply_s_per_record,
+            "step_s_measured": self.step_s_measured,
+            "plot": self.plot,
+            "points": [
+                {
+                    "nodes": p.nodes,
+                    "records_to_loss": p.records_to_loss,
+                    "records_to_accuracy": p.records_to_accuracy,
+                    "efficiency_loss": p.efficiency_loss,
+                    "efficiency_accuracy": p.efficiency_accuracy,
+                    "speedup": p.speedup,
+                    "runs": [
+                        {
+                            "seed": r.seed,
+                            "records_to_loss": r.records_to_loss,
+                            "records_to_accuracy": r.records_to_accuracy,
+                            "unseen_per_step": r.unseen_per_step,
+                            "steps": r.steps,
+                            "forwards": r.forwards,
+                            "seconds": r.seconds,
+                            "curve": [[c.records, c.loss, c.accuracy] for c in r.curve],
+                        }
+                        for r in p.runs
+                    ],
+                }
+                for p in self.points
+            ],
+        }
+
+
+def _crossing(curve: list[CurvePoint], target: float, *, below: bool) -> float | None:
+    """Records at which the curve first reaches ``target``, interpolated linearly."""
+    prev: CurvePoint | None = None
+    for c in curve:
+        value = c.loss if below else c.accuracy
+        if value is None:
+            continue
+        hit = value <= target if below else value >= target
+        if hit:
+            if prev is None:
+                return float(c.records)
+            pv = prev.loss if below else prev.accuracy
+            assert pv is not None
+            if pv == value:
+                return float(c.records)
+            frac = (pv - target) / (pv - value)
+            return prev.records + frac * (c.records - prev.records)
+        prev = c
+    return None
+
+
+def _simulate(
+    s: BenchSettings, setup: Any, nodes: int, seed: int, budget: int, target_accuracy: float
+) -> ScaleRun:  # fmt: skip
+    """One run of ``nodes`` nodes (see the module docstring)."""
+    from seedswarm.model.data import sample_batch, shard_indices
+    from seedswarm.model.engine import Engine
+    from seedswarm.protocol.records import Record
+
+    engine = Engine.open(setup.manifest, model_ref=setup.model_ref, kernel=s.kernel)
+    tm = engine.task_model
+    k = engine.records_per_step
+    train = setup.train
+    shards = [
+        train.subset(shard_indices(len(train), (i, nodes))) for i in range(nodes)
+    ]  # fmt: skip
+    rng = random.Random(seed)
+    step_s, latency, delay = s.scale_step_s, s.scale_latency, s.scale_delay
+    # each node's first step at a random phase; its steps then every step_s (+-5% jitter)
+    events = [(rng.uniform(0, step_s), i) for i in range(nodes)]
+    heapq.heapify(events)
+    names = [f"s{seed}n{i}" for i in range(nodes)]
+    next_seq = [0] * nodes
+    frame_seal = [-math.inf] * nodes  # when the node's open frame is sealed
+    pending: deque[tuple[float, int, Record]] = deque()  # produced, not yet seen by all
+    total, steps, unseen = 0, 0, 0
+    curve = [_evaluate(engine, setup, 0)]
+    next_eval = s.scale_eval_every
+    t0 = time.monotonic()
+    reached = False
+    while total < budget and not reached:
+        t, i = heapq.heappop(events)
+        while pending and pending[0][0] <= t:  # seen by every node by now: part of every view
+            pending.popleft()
+        hidden = [r for vt, author, r in pending if author != i and vt > t]
+        unseen += len(hidden)
+        seeds = [engine.seed_of(names[i], next_seq[i] + j) for j in range(k)]
+        shard = shards[i]
+        batch = tm.make_batch(shard.subset(sample_batch(seeds[0], len(shard), s.scale_batch)))
+        undo = [Record(r.node, r.seq, -r.q, r.clock) for r in hidden]
+        result = engine.step(seeds, batch, undo)  # on the node's view: G less what it lacks
+        engine.apply(hidden)  # G again
+        if t >= frame_seal[i]:
+            frame_seal[i] = t + latency  # a new frame opens with this step's records
+        visible = frame_seal[i] + delay
+        for j, q in enumerate(result.qs):
+            pending.append((visible, i, Record(names[i], next_seq[i] + j, q, steps)))
+        next_seq[i] += k
+        total += k
+        steps += 1
+        heapq.heappush(events, (t + step_s * rng.uniform(0.95, 1.05), i))
+        if total >= next_eval:
+            next_eval += s.scale_eval_every
+            curve.append(_evaluate(engine, setup, total))
+            reached = _done(curve, s.scale_target_loss, target_accuracy)
+            last = curve[-1]
+            acc = "" if last.accuracy is None else f", accuracy {last.accuracy:.3f}"
+            # a run of a real model takes minutes: where it is, and how far the target is
+            print(
+                f"    {nodes} node(s), seed {seed}: {total} records, held-out loss "
+                f"{last.loss:.4f}{acc} (target {s.scale_target_loss:g}), "
+                f"{time.monotonic() - t0:.0f} s",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+    return ScaleRun(
+        nodes=nodes,
+        seed=seed,
+        records_to_loss=_crossing(curve, s.scale_target_loss, below=True),
+        records_to_accuracy=(
+            None if target_accuracy <= 0 else _crossing(curve, target_accuracy, below=False)
+        ),
+        unseen_per_step=unseen / max(steps, 1),
+        steps=steps,
+        forwards=steps * engine.forwards_per_step,
+        seconds=time.monotonic() - t0,
+        curve=tuple(curve),
+    )
+
+
+def _done(curve: list[CurvePoint], target_loss: float, target_accuracy: float) -> bool:
+    last = curve[-1]
+    acc_ok = target_accuracy <= 0 or (
+        last.accuracy is not None and last.accuracy >= target_accuracy
+    )
+    return last.loss <= target_loss and acc_ok
+
+
+def _evaluate(engine: Any, setup: Any, records: int) -> CurvePoint:
+    from seedswarm.model.evaluation import evaluate
+
+    out = evaluate(engine.task_model, setup.held, batch_size=64)
+    return CurvePoint(records, float(out["loss"]), out.get("accuracy"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    manifest: Any
+    model_ref: str
+    train: Any
+    held: Any
+
+
+def _setup(s: BenchSettings) -> _Setup:
+    """The run a node builds from --model and --data, as ``seedswarm node`` would."""
+    from seedswarm.daemon.node.startup import open_engine, plan_run
+    from seedswarm.daemon.settings import RunSettings
+    from seedswarm.model.data import read
+    from seedswarm.model.tasks import prepare
+
+    run = RunSettings(model=s.model, data=s.data)
+    plan = plan_run(run)
+    engine = open_engine(plan, run, device="cpu", kernel=s.kernel)
+    tok = engine.task_model.tokenizer
+    train = prepare(plan.raw, engine.manifest.task, tok)
+    if s.eval:
+        held = prepare(read(s.eval), engine.manifest.task, tok)
+    else:  # the last tenth of the data, which the shards below never draw from
+        cut = len(train) - max(1, len(train) // 10)
+        held, train = train.subset(range(cut, len(train))), train.subset(range(cut))
+    if s.scale_eval_limit:
+        held = held.subset(range(min(s.scale_eval_limit, len(held))))
+    return _Setup(engine.manifest, plan.model_ref, train, held)
+
+
+def _costs(s: BenchSettings, setup: _Setup) -> tuple[float, float]:
+    """(seconds to apply one peer record, seconds of one own step), measured here."""
+    from seedswarm.model.data import sample_batch
+    from seedswarm.model.engine import Engine
+    from seedswarm.model.replica import Replica
+
+    engine = Engine.open(setup.manifest, model_ref=setup.model_ref, kernel=s.kernel)
+    rate = statistics.median(Replica(engine, "probe").apply_rate(64) for _ in range(5))
+    k = engine.records_per_step
+    times = []
+    for n in range(4):  # the first is a warm-up
+        seeds = [engine.seed_of("cost", n * k + j) for j in range(k)]
+        batch = engine.task_model.make_batch(
+            setup.train.subset(sample_batch(seeds[0], len(setup.train), s.scale_batch))
+        )
+        t0 = time.perf_counter()
+        engine.step(seeds, batch)
+        times.append(time.perf_counter() - t0)
+    return 1.0 / rate, statistics.median(times[1:])
+
+
+def bench_scale(s: BenchSettings) -> ScaleResult:
+    counts = sizes(s.scale_nodes, "scale-nodes", "1,2,4,8,16,32")
+    if counts[0] != 1:
+        raise ConfigError("--scale-nodes: start with 1 (the efficiency is relative to it)")
+    setup = _setup(s)
+    t_apply, t_step = _costs(s, setup)
+    m = setup.manifest
+    target_accuracy = s.scale_target_accuracy if m.task.kind == "classify" else 0.0
+    k = m.directions
+    seeds = list(range(s.scale_seeds))
+    budget = s.scale_budget
+    points: list[ScalePoint] = []
+    base_loss: float | None = None
+    base_acc: float | None = None
+    for n in counts:
+        runs = []
+        for seed in seeds:
+            run = _simulate(s, setup, n, seed, budget, target_accuracy)
+            runs.append(run)
+            print(
+                f"  scale: {n} node(s), seed {seed}: loss target at "
+                f"{_fmt(run.records_to_loss)} records, accuracy target at "
+                f"{_fmt(run.records_to_accuracy)}, {run.unseen_per_step:.1f} unseen records "
+                f"a step, {run.seconds:.0f} s",
+                flush=True,
+            )
+        rl = _median([r.records_to_loss for r in runs])
+        ra = _median([r.records_to_accuracy for r in runs])
+        if n == 1:
+            base_loss, base_acc = rl, ra
+        eff_l = None if rl is None or base_loss is None else base_loss / rl
+        eff_a = None if ra is None or base_acc is None else base_acc / ra
+        speedup = (
+            None
+            if eff_l is None
+            else n * eff_l * s.scale_step_s / (s.scale_step_s + (n - 1) * k * t_apply)
+        )
+        points.append(ScalePoint(n, tuple(runs), rl, ra, eff_l, eff_a, speedup))
+    plot = _plot(points, s) if s.scale_plot else ""
+    return ScaleResult(
+        model=s.model, data=s.data, estimator=m.estimator, records_per_step=k,
+        step_s=s.scale_step_s, latency_s=s.scale_latency, delay_s=s.scale_delay,
+        target_loss=s.scale_target_loss,
+        target_accuracy=target_accuracy if target_accuracy > 0 else None,
+        apply_s_per_record=t_apply, step_s_measured=t_step, points=tuple(points), plot=plot,
+    )  # fmt: skip
+
+
+def _median(values: list[float | None]) -> float | None:
+    """The median, or None when any run missed the target (a missed run is no number)."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(statistics.median(v for v in values if v is not None))
+
+
+def _fmt(v: float | None) -> str:
+    return "missed" if v is None else f"{v:,.0f}"
+
+
+def _plot(points: list[ScalePoint], s: BenchSettings) -> str:
+    """Efficiency against nodes (and each run's records to the target), as a PNG."""
+    path = Path(s.scale_plot)
+    series = [
+        ("efficiency (loss)", [(p.nodes, p.efficiency_loss) for p in points if p.efficiency_loss]),
+        (
+            "efficiency (accuracy)",
+            [(p.nodes, p.efficiency_accuracy) for p in points if p.efficiency_accuracy],
+        ),
+    ]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .learn_report import plain_png
+
+        plain_png([(n, [(math.log2(x), y) for x, y in pts]) for n, pts in series], 0.9, path)
+        return str(path)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    for name, pts in series:
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+    ax.axhline(0.9, color="black", linestyle="--", linewidth=0.8, label="0.9")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("nodes")
+    ax.set_ylabel("records(1 node) / records(N nodes)")
+    ax.set_title("records-efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for p in points:
+        xs = [p.nodes] * len(p.runs)
+        ys = [r.records_to_loss for r in p.runs]
+        bx.scatter(xs, [y if y is not None else float("nan") for y in ys], color="tab:blue")
+    bx.set_xscale("log", base=2)
+    bx.set_xlabel("nodes")
+    bx.set_ylabel(f"records to dev loss <= {s.scale_target_loss}")
+    bx.set_title("each seed")
+    bx.grid(alpha=0.3)
+    fig.suptitle(f"seedswarm bench scale: {s.model}, step {s.scale_step_s} s, latency "
+                 f"{s.scale_latency} s, delay {s.scale_delay} s")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def print_scale(r: ScaleResult) -> str:
+    rows = [
+        [
+            str(p.nodes), _fmt(p.records_to_loss), _fmt(p.records_to_accuracy),
+            "-" if p.efficiency_loss is None else f"{p.efficiency_loss:.2f}",
+            "-" if p.efficiency_accuracy is None else f"{p.efficiency_accuracy:.2f}",
+            "-" if p.speedup is None else f"{p.speedup:.1f}x",
+            f"{statistics.mean(x.unseen_per_step for x in p.runs):.1f}",
+        ]
+        for p in r.points
+    ]  # fmt: skip
+    acc = "-" if r.target_accuracy is None else f"{r.target_accuracy:.3f}"
+    head = (
+        f"model {r.model}, data {r.data}, {r.estimator} ({r.records_per_step} records a step), "
+        f"a step every {r.step_s} s, frame latency {r.latency_s} s, delay {r.delay_s} s; "
+        f"targets: loss {r.target_loss}, accuracy {acc}"
+    )
+    headers = [
+        "nodes", "records to loss", "records to acc", "efficiency (loss)", "efficiency (acc)",
+        "speed-up", "unseen a step",
+    ]  # fmt: skip
+    foot = (
+        f"measured here: a peer record applies in {r.apply_s_per_record * 1e6:.1f} us, an own "
+        f"step takes {r.step_s_measured:.2f} s; medians over {len(r.points[0].runs)} seeds"
+        + (f"; plot: {r.plot}" if r.plot else "")
+    )
+    return "\n".join([head, table(headers, rows), foot])
