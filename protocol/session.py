@@ -190,7 +190,9 @@ class Session:
         self.config = config or SessionConfig()
         self.log = log if log is not None else OrderedLog()
         self.http = ""  # the status URL announced in presence
-        self.own_stored = self.log.next_seq(me)  # own records durable in the store
+        # own records durable in the store: a restarting node passes the log its store holds
+        # (a log filled after this would leave them counted as unstored)
+        self.own_stored = self.log.next_seq(me)
         self._keys = manifest.public_keys() or None
         self._key = key
         self._planner = SyncPlanner(

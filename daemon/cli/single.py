@@ -28,6 +28,7 @@ from seedswarm.model.data import read
 from seedswarm.model.engine import Engine
 from seedswarm.model.replica import Replica
 from seedswarm.model.tasks import Examples, prepare
+from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.session import Session, SessionConfig
 from seedswarm.protocol.vv import digest
 
@@ -52,10 +53,14 @@ def train(s: TrainSettings) -> int:
     )
     store = out.open_store(manifest)
     try:
+        held_log = OrderedLog()  # read before the session is made from it (own_stored)
+        store.load_log(held_log)
         session = Session(
-            manifest, s.local.node, config=SessionConfig(frame_records=s.frame_records)
+            manifest,
+            s.local.node,
+            config=SessionConfig(frame_records=s.frame_records),
+            log=held_log,
         )
-        store.load_log(session.log)
         examples = training_examples(plan, engine, s.local.shard_pair)
         replica = Replica(engine, s.local.node, examples, batch_size=s.local.batch_size)
         snapshots.restore(replica, out.snapshots, session.log.held())

@@ -76,6 +76,11 @@ class Flusher:
         that holds them is saved only after that): the session's ``own_stored``, not its log,
         which holds the frame of a flush in flight before the store has it."""
         while self.session.own_stored < own_end:
+            if self.done.is_set():  # nothing would ever store them: a bug, never a hang
+                raise RuntimeError(
+                    f"own records {self.session.own_stored}..{own_end} are not in the store "
+                    "and the flusher has ended"
+                )
             if self._unsealed:  # else they are in the flush being written
                 self._full.set()
             self._durable.clear()

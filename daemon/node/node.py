@@ -60,7 +60,7 @@ from seedswarm.daemon.transport import keepalive_for, transport_factory
 from seedswarm.daemon.transport.trouble import probe
 from seedswarm.model.replica import Replica
 from seedswarm.protocol.events import Outgoing
-from seedswarm.protocol.log import OrderKey
+from seedswarm.protocol.log import OrderedLog, OrderKey
 from seedswarm.protocol.session import Session, SessionConfig
 
 from .curves import Curves
@@ -164,10 +164,12 @@ class Node:
             peer_timeout=3 * s.presence_interval,
             use_relays=s.follow_relays == "auto",
         )
+        # the log first: the session counts the own records it holds as stored (own_stored)
+        held_log = OrderedLog()
+        await self.store.call(self.store.store.load_log, held_log)
         self.session = session = Session(
-            self.manifest, self.me, prefix=s.mqtt.topic_prefix, key=key, config=config
+            self.manifest, self.me, prefix=s.mqtt.topic_prefix, key=key, config=config, log=held_log
         )
-        await self.store.call(self.store.store.load_log, session.log)
         held = session.log.held()
         examples = await self.model.run(training_examples, plan, engine, s.local.shard_pair)
         self.replica = Replica(engine, self.me, examples, batch_size=s.local.batch_size)

@@ -42,6 +42,7 @@ from seedswarm.daemon.store.datadir import DataDir
 from seedswarm.daemon.store.log_store import StoreThread
 from seedswarm.daemon.transport import keepalive_for, transport_factory
 from seedswarm.protocol.events import Outgoing
+from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.session import Session, SessionConfig
 
 from .bundler import Bundler
@@ -85,16 +86,17 @@ class Relay:
                 f"--relays {self.me} (docs/PROTOCOL.md §9)"
             )
         key = load_key(self.manifest, self.me, s.key_file)
-        self.session = Session(
-            self.manifest, self.me, prefix=s.mqtt.topic_prefix, key=key, relay=True,
-            config=SessionConfig(peer_timeout=3 * s.presence_interval),
-        )  # fmt: skip
         datadir = await asyncio.to_thread(lambda: DataDir(Path(s.data_dir).expanduser()))
         await asyncio.to_thread(datadir.write_manifest, self.manifest)
         self.store = StoreThread(
             await asyncio.to_thread(datadir.open_store, self.manifest), datadir.log_path
         )
-        await self.store.call(self.store.store.load_log, self.session.log)
+        held_log = OrderedLog()  # read before the session is made from it
+        await self.store.call(self.store.store.load_log, held_log)
+        self.session = Session(
+            self.manifest, self.me, prefix=s.mqtt.topic_prefix, key=key, relay=True,
+            config=SessionConfig(peer_timeout=3 * s.presence_interval), log=held_log,
+        )  # fmt: skip
         mqtt = s.mqtt
         self.driver = SessionDriver(
             self.session,

@@ -17,8 +17,9 @@ import pytest
 import pytest_asyncio
 
 from seedswarm.daemon.node.flusher import Flusher
-from seedswarm.daemon.store.log_store import SqliteLogStore, StoreThread
+from seedswarm.daemon.store.log_store import SqliteLogStore, Stored, StoreThread
 from seedswarm.protocol.events import Outgoing
+from seedswarm.protocol.log import OrderedLog
 from seedswarm.protocol.manifest import Manifest, TaskSpec
 from seedswarm.protocol.session import Session, SessionConfig
 
@@ -127,3 +128,44 @@ async def test_until_stored_seals_what_waits_without_waiting_for_the_latency(rig
         await rig.flusher.until_stored(3 + FRAME + 1)
     assert rig.stored() == 3 + FRAME + 1
     assert len(rig.published) == 3
+
+
+async def test_a_session_over_a_stored_log_counts_its_own_records_as_stored(
+    tmp_path: Path,
+) -> None:
+    """A restart: the session is made from the log the store holds, so the own records in it
+    are stored already and a snapshot's ``until_stored`` returns at once. Made the other way
+    round (the log read into the session afterwards, as the node once did), the flusher that
+    has ended says so instead of letting the snapshot wait forever."""
+    path = tmp_path / "log.sqlite"
+    store = StoreThread(SqliteLogStore(path), path)
+    await store.call(store.store.bind, MANIFEST)
+    try:
+        first = Session(MANIFEST, "me", config=SessionConfig(frame_records=FRAME))
+        sealed = first.seal([1] * 5)
+        await store.append([Stored(s.frame, s.body) for s in sealed])
+
+        def over_the_store(log: OrderedLog | None) -> tuple[Session, Flusher]:
+            session = Session(MANIFEST, "me", config=SessionConfig(frame_records=FRAME), log=log)
+            flusher = Flusher(session, store, lambda _: None, frame_records=FRAME, max_latency=HOUR)
+            return session, flusher
+
+        log = OrderedLog()
+        await store.call(store.store.load_log, log)
+        session, flusher = over_the_store(log)
+        assert session.own_stored == 5
+        flusher.finish()
+        await flusher.run()  # nothing to seal: it ends at once
+        async with asyncio.timeout(SAFETY):
+            await flusher.until_stored(5)
+
+        late, flusher = over_the_store(None)
+        await store.call(store.store.load_log, late.log)
+        assert (late.log.next_seq("me"), late.own_stored) == (5, 0)
+        flusher.finish()
+        await flusher.run()
+        with pytest.raises(RuntimeError, match="flusher has ended"):
+            async with asyncio.timeout(SAFETY):
+                await flusher.until_stored(5)
+    finally:
+        await asyncio.to_thread(store.close)

@@ -134,3 +134,38 @@ async def test_a_node_that_crashed_is_seen_gone_and_its_restart_rejoins(tmp_path
         a.request_stop()
         again.request_stop()
     assert (run_a.result(), run_again.result()) == (0, 0)
+
+
+async def test_a_restarted_node_that_applied_new_records_stops_with_a_snapshot(
+    tmp_path: Path,
+) -> None:
+    """n1 restarts holding its own records (from its log and snapshot), applies a newcomer's
+    records, and is stopped: it saves a snapshot of them on the way out (the records since the
+    last one are fewer than --snapshot-every) and ends. Its stop waits for its own records to be
+    in the store, which they were before it started: once this waited forever (the session was
+    made before the log was read, so it counted none of them as stored)."""
+    bus = _bus(tmp_path)
+    a, b = (_node(bus, tmp_path, name, i, 3) for i, name in enumerate(["n0", "n1"]))
+    async with asyncio.TaskGroup() as tg:
+        run_a = tg.create_task(a.run(signals=False))
+        run_b = tg.create_task(b.run(signals=False))
+        await _until_agreed([a, b], {"n0": STEPS, "n1": STEPS})
+        b.request_stop()
+        assert await run_b == 0
+        again = _node(bus, tmp_path, "n1", 1, 3)
+        run_again = tg.create_task(again.run(signals=False))
+        await _until_agreed([a, again], {"n0": STEPS, "n1": STEPS})
+        newcomer = _node(bus, tmp_path, "n2", 2, 3)
+        run_new = tg.create_task(newcomer.run(signals=False))
+        everyone = dict.fromkeys(["n0", "n1", "n2"], STEPS)
+        await _until_agreed([a, again, newcomer], everyone)
+        again.request_stop()
+        async with asyncio.timeout(120):  # the stop ends, by itself
+            assert await run_again == 0, again.error
+        last = _node(bus, tmp_path, "n1", 1, 3)  # it restarts from the snapshot it saved
+        run_last = tg.create_task(last.run(signals=False))
+        sts = await _until_agreed([a, last, newcomer], everyone)
+        assert (sts[1].restored_records, sts[1].replayed_records) == (3 * STEPS, 0)
+        for n in (a, last, newcomer):
+            n.request_stop()
+    assert (run_a.result(), run_new.result(), run_last.result()) == (0, 0, 0)
