@@ -22,6 +22,9 @@ What each figure is, and where it comes from:
     monitor are in it); ``per node·frame``: that divided by N × frame rate, i.e. deliveries
     per node per frame interval: about N − 1 when nodes listen to each other, about
     1 + frame interval / relay interval (3 at 1 frame/s and 0.5 s bundles) with a relay;
+    full nodes add their vv requests and the answers (content repair, docs/PROTOCOL.md §9:
+    one peer every 5 s each, 0.4 at 1 frame/s, and a burst to a peer whose presence changed),
+    light ones ask nothing;
   * broker CPU: utime + stime of the Mosquitto process (/proc/<pid>/stat) over the window, in
     % of one core; the same for the simulators (all worker processes) and the relay;
   * bytes in per record: ``$SYS/broker/bytes/received`` over the window per record written

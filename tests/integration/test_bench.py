@@ -142,10 +142,15 @@ def test_bench_load_counts_the_deliveries_a_relay_saves() -> None:
     assert on["via_relay"] == 5
     assert on["relay_stats"]["frames_forwarded"] > 0
     assert out["relay_interval"] == 1.0
-    # N − 1 = 5 copies of each frame (plus the bench's own $SYS monitor) against 2 with a relay:
-    # the frame up to the relay, and one bundle a second down to each node
-    assert 4.5 <= off["deliveries_per_node_frame"] < 7, off
-    assert 1.8 <= on["deliveries_per_node_frame"] < 2.8, on
+    # N − 1 = 5 copies of each frame against 2 with a relay: the frame up to the relay, and one
+    # bundle a second down to each node. Both rows carry the same extra of about 1.3 (measured
+    # 1.2-1.6 in five runs): the bench's own $SYS monitor (~0.5), the vv requests of content
+    # repair (each node asks one peer every 5 s, and the answer comes back: ~0.4 at 1 frame/s,
+    # docs/PROTOCOL.md §9) and the burst of them when the real node's presence changes (every
+    # sim asks it once: ~0.4 in a 4 s window)
+    assert 4.5 <= off["deliveries_per_node_frame"] < 7.5, off
+    assert 1.8 <= on["deliveries_per_node_frame"] < 4.2, on
+    assert on["deliveries_per_node_frame"] < off["deliveries_per_node_frame"] - 1.5, (on, off)
     bad = cli("bench", "load", "--nodes", "1")
     assert bad.returncode == 2
     assert "--nodes: a comma-separated list of swarm sizes of 2 or more" in bad.stderr
