@@ -50,6 +50,7 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -134,11 +135,19 @@ class SessionConfig:
 class _Peer:
     presence: Presence
     last_seen: float
+    spread: bytes  # this node's own order of its peers, for vv requests (_vv_requests)
     silent: bool = False  # reported gone by tick()
     vv_asked: float = -1e18
 
     def alive(self, now: float, timeout: float) -> bool:
         return self.presence.alive and not self.silent and now - self.last_seen < timeout
+
+
+def _spread(me: str, peer: str) -> bytes:
+    """Where ``peer`` stands in ``me``'s order of peers: SHA-256(me, 0x00, peer), first 8
+    bytes. Every node orders its peers differently, so nodes that have asked none of them yet
+    do not all ask the same one."""
+    return hashlib.sha256(f"{me}\x00{peer}".encode()).digest()[:8]
 
 
 @dataclass(slots=True)
@@ -212,7 +221,7 @@ class Session:
         # node -> (next seq, content) of its own vv, where it held more of its records than
         # this node does: compared once this node's log reaches that seq (tick)
         self._words: dict[str, tuple[int, bytes]] = {}
-        self._rotated_at = -1e18  # when a peer holding fewer records was last asked for its vv
+        self._vv_at = -1e18  # when a peer was last asked for its vv (suspects aside)
         self._n = _Counters()
 
     @property
@@ -501,7 +510,10 @@ class Session:
         was_alive = before is not None and before.alive(now, self.config.peer_timeout)
         if before is None and len(self._peers) >= self.config.max_peers:
             self._prune(now, room=1)
-        peer = _Peer(msg, now, vv_asked=before.vv_asked if before else -1e18)
+        if before is None:
+            peer = _Peer(msg, now, _spread(self.me, sender))
+        else:
+            peer = _Peer(msg, now, before.spread, vv_asked=before.vv_asked)
         self._peers[sender] = peer
         self._planner.claim(sender, sender, msg.own, self.log.next_seq(sender))
         out: list[Event] = []
@@ -639,32 +651,41 @@ class Session:
         return out
 
     def _vv_requests(self, now: float) -> list[Outgoing]:
-        """A vv request to the peer holding most whose digest differs from ours (it holds
-        more, or as much but other records or other bytes), and to each node whose records a
-        peer holds with other bytes than ours: its own word on them decides (§9, repair)."""
+        """At most one vv request every ``vv_every`` seconds in all for what peers hold, and
+        one to each node whose records a peer holds with other bytes than ours: its own word
+        on them decides (§9, repair).
+
+        The one: to a live peer whose held digest differs from ours (it holds more, or as much
+        but other records or other bytes) and that holds a record, not asked within
+        ``vv_every``; among those that hold at least as many records as this node, if any (they
+        may hold what it lacks), else among the rest (while the swarm steps, no presence shows
+        as many records as this node holds by the time it is read, and other bytes are found
+        all the same: compared over the records both hold). Of them, the one asked longest ago,
+        then by this node's own order of its peers (``_spread``): a peer whose presence changes
+        is not asked by every other node at once, each with a vv of the whole swarm to send
+        back."""
         held = self.log.held_content()
         ours, mine = sum(s for s, _ in held.values()), held_digest(held)
         timeout, every = self.config.peer_timeout, self.config.vv_every
-        best: tuple[int, str] | None = None
-        oldest: tuple[float, str] | None = None  # of the others: the one asked longest ago
-        for name, p in self._peers.items():
-            pr = p.presence
-            if not p.alive(now, timeout) or not pr.held_total:
-                continue
-            if pr.held_digest == mine or now - p.vv_asked < every:
-                continue
-            if pr.held_total >= ours:
-                # it holds more; or as many but others, or other bytes: its vv says which
-                if best is None or (pr.held_total, name) > best:
-                    best = (pr.held_total, name)
-            elif oldest is None or (p.vv_asked, name) < oldest:
-                oldest = (p.vv_asked, name)
-        targets = [] if best is None else [best[1]]
-        if not targets and oldest is not None and now - self._rotated_at >= every:
-            # while the swarm steps, no presence shows as many records as this node holds by
-            # the time it is read: one peer with another digest in turn, so that other bytes
-            # are found all the same (compared over the records both hold)
-            targets, self._rotated_at = [oldest[1]], now
+        targets: list[str] = []
+        if now - self._vv_at >= every:
+            more: tuple[float, bytes, str] | None = None  # holds at least as many as we do
+            fewer: tuple[float, bytes, str] | None = None
+            for name, p in self._peers.items():
+                pr = p.presence
+                if not p.alive(now, timeout) or not pr.held_total or pr.held_digest == mine:
+                    continue
+                if now - p.vv_asked < every:
+                    continue
+                key = (p.vv_asked, p.spread, name)
+                if pr.held_total >= ours:
+                    if more is None or key < more:
+                        more = key
+                elif fewer is None or key < fewer:
+                    fewer = key
+            pick = more or fewer
+            if pick is not None:
+                targets, self._vv_at = [pick[2]], now
         for node, asked in list(self._suspects.items()):
             peer = self._peers.get(node)
             if peer is None or not peer.alive(now, timeout) or node in targets:
