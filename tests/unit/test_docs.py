@@ -21,8 +21,13 @@ def test_the_readme_is_short_and_its_test_command_is_what_ci_runs() -> None:
     assert len(readme.splitlines()) <= 200
     assert "./scripts/test" in readme
     assert "./scripts/quickstart" in readme
+    tests = readme[readme.index("## Run the tests") :]
+    command = tests[tests.index("```sh\n") + 6 :].split("\n", 1)[0]
+    assert command == "./scripts/test"
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
-    assert ci[-1].split("#")[0].strip() == "./scripts/test"
+    assert ci[-1] == command  # CI runs the README's test command, last, as written
+    script = (REPO / "scripts" / "test").read_text(encoding="utf-8").strip().splitlines()
+    assert script[-1] == 'python -m pytest "$@"'  # ... which ends in the whole suite
     # the CPU-torch hint comes before the command it is about
     assert readme.index("download.pytorch.org/whl/cpu") < readme.index("pip install .\n")
 
