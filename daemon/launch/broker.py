@@ -12,7 +12,7 @@ import socket
 import sys
 from typing import Any
 
-from seedswarm.daemon.peer.lifecycle import Lifecycle, Stages
+from seedswarm.daemon.peer.lifecycle import Lifecycle, Stages, Supervised
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -72,19 +72,12 @@ class EmbeddedBroker:
             self._broker = None
 
 
-class BrokerService:
+class BrokerService(Supervised):
     """``seedswarm broker``: the embedded broker as a process of its own, until stopped."""
 
     def __init__(self, host: str, port: int) -> None:
         self.broker = EmbeddedBroker(host, port)
         self.life = Lifecycle("broker", Stages(teardown=30.0))
-
-    async def run(self, *, signals: bool = True) -> int:
-        return await self.life.run(self, signals=signals)
-
-    @property
-    def error(self) -> str:
-        return self.life.error
 
     async def startup(self) -> None:
         await self.broker.start()

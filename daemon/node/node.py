@@ -47,7 +47,7 @@ import torch
 
 from seedswarm.daemon.peer.driver import DriverConfig, Received, SessionDriver
 from seedswarm.daemon.peer.identity import load_key
-from seedswarm.daemon.peer.lifecycle import Lifecycle, Stages
+from seedswarm.daemon.peer.lifecycle import Lifecycle, Stages, Supervised
 from seedswarm.daemon.settings import NodeSettings
 from seedswarm.daemon.status.node_routes import LogPage, NodeRoutes
 from seedswarm.daemon.status.schema import NodeStatus
@@ -88,7 +88,7 @@ WATCH_EVERY = 1.0  # seconds between two looks at the parent process
 PARENT_ENV = "SEEDSWARM_PARENT_PID"  # set by `seedswarm swarm`: stop if that process dies
 
 
-class Node:
+class Node(Supervised):
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.me = settings.node
@@ -103,23 +103,7 @@ class Node:
         self._stored = asyncio.Event()  # frames reached the store (the join waits on it)
         self._finish_early = False  # SIGUSR2 before the trainer exists
 
-    # == the lifecycle ==========================================================================
-
-    async def run(self, *, signals: bool = True) -> int:
-        """Start up, run until stopped, shut down; returns the exit code. ``signals``: take
-        SIGINT/SIGTERM (stop) and SIGUSR2 (finish) from the process (a daemon does)."""
-        return await self.life.run(self, signals=signals)
-
-    @property
-    def phase(self) -> str:
-        return self.life.phase
-
-    @property
-    def error(self) -> str:
-        return self.life.error
-
-    def request_stop(self) -> None:
-        self.life.request_stop()
+    # == the lifecycle (run, phase, error, request_stop: Supervised) ===========================
 
     def request_finish(self) -> None:
         """SIGUSR2: take no more own steps, as if --steps had been reached; keep applying

@@ -27,6 +27,7 @@ A ``Lifecycle`` runs them, and is the one place that knows about:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import signal
@@ -146,3 +147,35 @@ class Lifecycle:
         if forced:
             raise StageTimeout(f"{self.name}: {forced}")
         return main.result() or 0
+
+
+class Supervised(abc.ABC):
+    """A ``Service`` that owns its ``Lifecycle`` (``life``): what the command line, the tests
+    and the swarm launcher use of it — run it, read its phase and error, ask it to stop."""
+
+    life: Lifecycle
+
+    @abc.abstractmethod
+    async def startup(self) -> None: ...
+
+    @abc.abstractmethod
+    async def main(self) -> int | None: ...
+
+    @abc.abstractmethod
+    async def teardown(self) -> None: ...
+
+    async def run(self, *, signals: bool = True) -> int:
+        """Start up, run until stopped, shut down; the exit code. ``signals``: take the
+        process's signals (a daemon does; services side by side in one process do not)."""
+        return await self.life.run(self, signals=signals)
+
+    @property
+    def phase(self) -> str:
+        return self.life.phase
+
+    @property
+    def error(self) -> str:
+        return self.life.error
+
+    def request_stop(self) -> None:
+        self.life.request_stop()

@@ -34,7 +34,7 @@ from pathlib import Path
 from seedswarm.daemon.errors import ConfigError
 from seedswarm.daemon.peer.driver import DriverConfig, Received, SessionDriver
 from seedswarm.daemon.peer.identity import load_key, read_manifest
-from seedswarm.daemon.peer.lifecycle import Lifecycle, Stages
+from seedswarm.daemon.peer.lifecycle import Lifecycle, Stages, Supervised
 from seedswarm.daemon.settings import RelaySettings
 from seedswarm.daemon.status.schema import RelayStatus
 from seedswarm.daemon.status.server import StatusServer
@@ -50,7 +50,7 @@ from .bundler import Bundler
 log = logging.getLogger("seedswarm.relay")
 
 
-class Relay:
+class Relay(Supervised):
     def __init__(self, settings: RelaySettings) -> None:
         self.s = settings
         self.me = settings.relay
@@ -59,21 +59,7 @@ class Relay:
         )
         self.http_url = ""
 
-    # == the lifecycle ==========================================================================
-
-    async def run(self, *, signals: bool = True) -> int:
-        return await self.life.run(self, signals=signals)
-
-    @property
-    def phase(self) -> str:
-        return self.life.phase
-
-    @property
-    def error(self) -> str:
-        return self.life.error
-
-    def request_stop(self) -> None:
-        self.life.request_stop()
+    # == the lifecycle (run, phase, error, request_stop: Supervised) ===========================
 
     async def startup(self) -> None:
         s = self.s
