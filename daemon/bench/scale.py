@@ -43,14 +43,9 @@ from typing import Any
 from seedswarm.daemon.console import table
 from seedswarm.daemon.errors import ConfigError
 
+from .curves import CurvePoint, crossing
+from .scale_real import RealRun, run_real
 from .settings import BenchSettings, sizes
-
-
-@dataclass(frozen=True, slots=True)
-class CurvePoint:
-    records: int
-    loss: float
-    accuracy: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +86,7 @@ class ScaleResult:
     apply_s_per_record: float
     step_s_measured: float  # real seconds of one own step here (for the speed-up)
     points: tuple[ScalePoint, ...]
+    real: tuple[RealRun, ...]  # seedswarm swarm runs (--scale-real), beside the simulation
     plot: str
 
     def to_json(self) -> dict[str, Any]:
@@ -131,28 +127,8 @@ class ScaleResult:
                 }
                 for p in self.points
             ],
+            "real": [r.to_json() for r in self.real],
         }
-
-
-def _crossing(curve: list[CurvePoint], target: float, *, below: bool) -> float | None:
-    """Records at which the curve first reaches ``target``, interpolated linearly."""
-    prev: CurvePoint | None = None
-    for c in curve:
-        value = c.loss if below else c.accuracy
-        if value is None:
-            continue
-        hit = value <= target if below else value >= target
-        if hit:
-            if prev is None:
-                return float(c.records)
-            pv = prev.loss if below else prev.accuracy
-            assert pv is not None
-            if pv == value:
-                return float(c.records)
-            frac = (pv - target) / (pv - value)
-            return prev.records + frac * (c.records - prev.records)
-        prev = c
-    return None
 
 
 def _simulate(
@@ -221,9 +197,9 @@ def _simulate(
     return ScaleRun(
         nodes=nodes,
         seed=seed,
-        records_to_loss=_crossing(curve, s.scale_target_loss, below=True),
+        records_to_loss=crossing(curve, s.scale_target_loss, below=True),
         records_to_accuracy=(
-            None if target_accuracy <= 0 else _crossing(curve, target_accuracy, below=False)
+            None if target_accuracy <= 0 else crossing(curve, target_accuracy, below=False)
         ),
         unseen_per_step=unseen / max(steps, 1),
         steps=steps,
@@ -323,6 +299,7 @@ def bench_scale(s: BenchSettings) -> ScaleResult:
                 f"{_fmt(run.records_to_loss)} records, accuracy target at "
                 f"{_fmt(run.records_to_accuracy)}, {run.unseen_per_step:.1f} unseen records "
                 f"a step, {run.seconds:.0f} s",
+                file=sys.stderr,
                 flush=True,
             )
         rl = _median([r.records_to_loss for r in runs])
@@ -337,13 +314,26 @@ def bench_scale(s: BenchSettings) -> ScaleResult:
             else n * eff_l * s.scale_step_s / (s.scale_step_s + (n - 1) * k * t_apply)
         )
         points.append(ScalePoint(n, tuple(runs), rl, ra, eff_l, eff_a, speedup))
-    plot = _plot(points, s) if s.scale_plot else ""
+    real: list[RealRun] = []
+    for n in sizes(s.scale_real, "scale-real", "2,4") if s.scale_real else []:
+        for seed in seeds:
+            r = run_real(s, setup, n, seed, target_accuracy)
+            real.append(r)
+            print(
+                f"  scale: seedswarm swarm, {n} node(s), seed {seed}: loss target at "
+                f"{_fmt(r.records_to_loss)} records of {r.records}, accuracy target at "
+                f"{_fmt(r.records_to_accuracy)}, {r.seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    plot = _plot(points, real, s) if s.scale_plot else ""
     return ScaleResult(
         model=s.model, data=s.data, estimator=m.estimator, records_per_step=k,
         step_s=s.scale_step_s, latency_s=s.scale_latency, delay_s=s.scale_delay,
         target_loss=s.scale_target_loss,
         target_accuracy=target_accuracy if target_accuracy > 0 else None,
-        apply_s_per_record=t_apply, step_s_measured=t_step, points=tuple(points), plot=plot,
+        apply_s_per_record=t_apply, step_s_measured=t_step, points=tuple(points),
+        real=tuple(real), plot=plot,
     )  # fmt: skip
 
 
@@ -358,7 +348,7 @@ def _fmt(v: float | None) -> str:
     return "missed" if v is None else f"{v:,.0f}"
 
 
-def _plot(points: list[ScalePoint], s: BenchSettings) -> str:
+def _plot(points: list[ScalePoint], real: list[RealRun], s: BenchSettings) -> str:
     """Efficiency against nodes (and each run's records to the target), as a PNG."""
     path = Path(s.scale_plot)
     series = [
@@ -392,6 +382,13 @@ def _plot(points: list[ScalePoint], s: BenchSettings) -> str:
         xs = [p.nodes] * len(p.runs)
         ys = [r.records_to_loss for r in p.runs]
         bx.scatter(xs, [y if y is not None else float("nan") for y in ys], color="tab:blue")
+    if real:
+        bx.scatter(
+            [r.nodes for r in real],
+            [r.records_to_loss if r.records_to_loss is not None else float("nan") for r in real],
+            color="tab:orange", marker="x", label="seedswarm swarm (real processes)",
+        )  # fmt: skip
+        bx.legend(fontsize=8)
     bx.set_xscale("log", base=2)
     bx.set_xlabel("nodes")
     bx.set_ylabel(f"records to dev loss <= {s.scale_target_loss}")
@@ -431,4 +428,34 @@ def print_scale(r: ScaleResult) -> str:
         f"step takes {r.step_s_measured:.2f} s; medians over {len(r.points[0].runs)} seeds"
         + (f"; plot: {r.plot}" if r.plot else "")
     )
-    return "\n".join([head, table(headers, rows), foot])
+    lines = [head, table(headers, rows), foot]
+    if r.real:
+        spread = {
+            p.nodes: [x.records_to_loss for x in p.runs if x.records_to_loss is not None]
+            for p in r.points
+        }
+        real_rows = []
+        for n in sorted({x.nodes for x in r.real}):
+            runs = [x for x in r.real if x.nodes == n]
+            sim = spread.get(n, [])
+            got = [x.records_to_loss for x in runs]
+            inside = (
+                "-" if not sim or None in got
+                else f"{sum(min(sim) <= g <= max(sim) for g in got if g is not None)} of {len(got)}"
+            )  # fmt: skip
+            real_rows.append([
+                str(n), " / ".join(_fmt(g) for g in got), _fmt(_median(list(got))),
+                f"{min(sim):,.0f}-{max(sim):,.0f}" if sim else "not simulated", inside,
+            ])  # fmt: skip
+        title = (
+            "seedswarm swarm, real processes through a real broker (records to the loss target,"
+            " from n0's log):"
+        )
+        lines += [
+            title,
+            table(
+                ["nodes", "records, each seed", "median", "simulated, min-max", "inside"],
+                real_rows,
+            ),
+        ]
+    return "\n".join(lines)

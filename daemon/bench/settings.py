@@ -148,6 +148,15 @@ class BenchSettings:
     )
     scale_batch: int = setting(16, "scale: examples per forward pass", check=positive)
     scale_plot: str = setting("bench-scale.png", "scale: where to write the plot ('' for none)")
+    scale_real: str = setting(
+        "", "scale: also run seedswarm swarm with these node counts, e.g. 2,4 (real processes)"
+    )
+    scale_real_records: int = setting(
+        1600, "scale: records a real run takes in all before it stops", check=positive
+    )
+    scale_real_timeout: int = setting(
+        3600, "scale: seconds a real run may take before it counts as failed", check=positive
+    )
     adapter: str = setting(
         "none",
         "step, apply: train a LoRA adapter on the model instead of its weights (none or lora)",

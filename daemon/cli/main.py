@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from seedswarm.daemon.bench.settings import BENCHES, BenchSettings, LearnSettings
+from seedswarm.daemon.errors import BenchError
 from seedswarm.daemon.options import Option, add_options, load_config_file, resolve, suggest
 from seedswarm.daemon.settings import (
     LocalSettings,
@@ -438,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SEEDSWARM_DEBUG"):
             raise
         sys.stderr.write(f"seedswarm {name}: error: {exc}\n")
-        return 2 if isinstance(exc, SeedswarmError) else 1
+        return 2 if isinstance(exc, SeedswarmError) and not isinstance(exc, BenchError) else 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

@@ -8,6 +8,7 @@ they never assert on wall-clock speed, which shared machines cannot promise.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import socket
@@ -260,4 +261,30 @@ def test_bench_scale_gives_a_curve_of_efficiency_against_nodes(tmp_path: Path) -
             three["efficiency_loss"], one["records_to_loss"] / three["records_to_loss"]
         )
     assert out["apply_s_per_record"] > 0
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_scale_runs_seedswarm_swarm_beside_the_simulation(tmp_path: Path) -> None:
+    """--scale-real: real node processes through a real broker (Mosquitto where installed),
+    stopped after a number of records; their curve is rebuilt from n0's log by records."""
+    done = cli(
+        "bench", "scale", "--model", "tiny", "--scale-nodes", "1", "--scale-seeds", "1",
+        "--scale-budget", "240", "--scale-eval-every", "40", "--scale-target-loss", "5.2",
+        "--scale-step-s", "0.1", "--scale-latency", "0.05", "--scale-real", "2",
+        "--scale-real-records", "120", "--scale-plot", str(tmp_path / "scale.png"), "--json",
+        timeout=600,
+    )  # fmt: skip
+    out = json.loads(done.stdout)  # the one JSON object: progress goes to stderr
+    assert "seedswarm swarm, 2 node(s), seed 0" in done.stderr
+    (sim,) = out["points"][0]["runs"]
+    (real,) = out["real"]
+    assert (real["nodes"], real["seed"]) == (2, 0)
+    assert real["steps_per_node"] == 60  # 120 records over 2 nodes, one record a step (SPSA)
+    assert real["records"] == 120  # every node's steps, in n0's log
+    records = [c[0] for c in real["curve"]]
+    assert records == list(range(0, 40 * len(records), 40))
+    assert real["curve"][0][1] == sim["curve"][0][1]  # the same base model and held-out data
+    assert real["records_to_loss"] is not None, real["curve"]
+    assert records[-2] < real["records_to_loss"] <= records[-1]
+    assert real["curve"][-1][1] <= 5.2 < real["curve"][-2][1]
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,33 @@
+"""A held-out curve against records, and where it first reaches a target (bench scale)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    records: int
+    loss: float
+    accuracy: float | None
+
+
+def crossing(curve: list[CurvePoint], target: float, *, below: bool) -> float | None:
+    """Records at which the curve first reaches ``target``, interpolated linearly."""
+    prev: CurvePoint | None = None
+    for c in curve:
+        value = c.loss if below else c.accuracy
+        if value is None:
+            continue
+        hit = value <= target if below else value >= target
+        if hit:
+            if prev is None:
+                return float(c.records)
+            pv = prev.loss if below else prev.accuracy
+            assert pv is not None
+            if pv == value:
+                return float(c.records)
+            frac = (pv - target) / (pv - value)
+            return prev.records + frac * (c.records - prev.records)
+        prev = c
+    return None
