@@ -294,6 +294,39 @@ class NodeProc:
             return "(no log)"
 
 
+class HostileClient:
+    """``python -m tests.hostile_clients KIND ...`` (tests/hostile_clients.py: paho, not
+    seedswarm) while the ``with`` block runs. Leaving the block stops it with SIGTERM, fails the
+    test if it does not end within ``stop_s``, and reads the figures it wrote to ``out``."""
+
+    ROOT = Path(__file__).resolve().parents[1]
+
+    def __init__(self, kind: str, out: Path, *args: str, stop_s: float = 30) -> None:
+        self.kind, self.out, self.stop_s = kind, out, stop_s
+        self.args = [sys.executable, "-m", "tests.hostile_clients", kind, *args, "--out", str(out)]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.figures: dict[str, Any] = {}
+
+    def __enter__(self) -> HostileClient:
+        self.proc = subprocess.Popen(self.args, cwd=self.ROOT, env=env())
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(self.stop_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the {self.kind} did not stop on SIGTERM") from None
+        if exc[0] is None:
+            self.figures = json.loads(self.out.read_text())
+
+
 @contextlib.contextmanager
 def running(*procs: NodeProc) -> Iterator[None]:
     """Kill what is still running at the end; first ask it for its stacks (SIGUSR1, see

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +40,10 @@ import pytest
 from seedswarm.protocol.signing import NodeKey
 from seedswarm.protocol.topics import Topics
 
-from ..helpers import Broker, NodeProc, env, running, wait_until
+from ..helpers import Broker, HostileClient, NodeProc, running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
-ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("n0", "n1", "n2")
 NAMED = "r0"  # the relay the manifest names
 VICTIM = "n1"  # whose records the relay negates
@@ -74,37 +71,16 @@ def case(request: pytest.FixtureRequest) -> Case:
     return CASES[str(request.param)]
 
 
-class HostileRelay:
-    """``python -m tests.hostile_clients relay`` while the ``with`` block runs."""
+class HostileRelay(HostileClient):
+    """``python -m tests.hostile_clients relay``: bundles every node's frames and presence,
+    negating the victim's records."""
 
     def __init__(self, tmp: Path, port: int, me: str, run_id: bytes, key: NodeKey | None) -> None:
-        self.out = tmp / f"{me}.json"
-        self.args = [
-            sys.executable, "-m", "tests.hostile_clients", "relay", "--port", str(port),
-            "--base", TOPICS.base, "--me", me, "--run-id", run_id.hex(), "--negate", VICTIM,
-            "--out", str(self.out), *(["--key", key.private_hex()] if key else []),
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.figures: dict[str, int] = {}
-
-    def __enter__(self) -> HostileRelay:
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=env())
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the relay did not stop on SIGTERM") from None
-        if exc[0] is None:
-            self.figures = json.loads(self.out.read_text())
+        super().__init__(
+            "relay", tmp / f"{me}.json", "--port", str(port), "--base", TOPICS.base, "--me", me,
+            "--run-id", run_id.hex(), "--negate", VICTIM,
+            *(["--key", key.private_hex()] if key else []),
+        )  # fmt: skip
 
 
 @dataclass

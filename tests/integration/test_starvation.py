@@ -21,11 +21,7 @@ broker over the seconds from its first publish until the last left its socket.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,11 +32,10 @@ from seedswarm.protocol.messages import Want, encode_want
 from seedswarm.protocol.signing import NodeKey
 from seedswarm.protocol.topics import Topics
 
-from ..helpers import Broker, NodeProc, converged, env, running, wait_until
+from ..helpers import Broker, HostileClient, NodeProc, converged, running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
-ROOT = Path(__file__).resolve().parents[2]
 HOLDER, VICTIM = "n0", "v1"
 STEPS = 40  # n0's, all before v1 starts
 VICTIM_STEPS = 3
@@ -64,44 +59,27 @@ def _junk(run_id: bytes, signed: bool) -> list[bytes]:
     return [p for p in out if p]  # an empty payload is not junk but a cleared retained message
 
 
-class Flood:
-    """``python -m tests.hostile_clients flood`` while the ``with`` block runs."""
+class Flood(HostileClient):
+    """``python -m tests.hostile_clients flood``: publishes the payloads on one topic."""
 
     def __init__(self, tmp: Path, port: int, topic: str, payloads: list[bytes]) -> None:
-        self.tmp, self.port, self.topic = tmp, port, topic
         (tmp / "junk.hex").write_text("\n".join(p.hex() for p in payloads) + "\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.published = 0
-        self.seconds = 0.0
+        super().__init__(
+            "flood", tmp / "flood.json", "--port", str(port), "--topic", topic,
+            "--payloads", str(tmp / "junk.hex"), "--rate", str(RATE), stop_s=60,
+        )  # fmt: skip
+
+    @property
+    def published(self) -> int:
+        return int(self.figures["published"])
+
+    @property
+    def seconds(self) -> float:
+        return float(self.figures["seconds"])
 
     @property
     def rate(self) -> float:
         return self.published / self.seconds
-
-    def __enter__(self) -> Flood:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.hostile_clients", "flood", "--port", str(self.port),
-             "--topic", self.topic, "--payloads", str(self.tmp / "junk.hex"),
-             "--rate", str(RATE), "--out", str(self.tmp / "flood.json")],
-            cwd=ROOT, env=env(),
-        )  # fmt: skip
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the flood did not stop on SIGTERM") from None
-        if exc[0] is None:
-            figures = json.loads((self.tmp / "flood.json").read_text())
-            self.published, self.seconds = figures["published"], figures["seconds"]
 
 
 def _junk_counted(holder: NodeProc) -> int:
