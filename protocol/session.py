@@ -18,6 +18,9 @@ events and outgoing messages, are in protocol/events.py):
     answer(want, bodies) / vv(..) -> the stored frames that answer a want; our version vector
     tick(now)                     -> peers that fell silent, and the table pruned
 
+Whether to follow a relay (named by the run, not caught dropping or altering) is decided by
+``RelayWatch`` (protocol/relay_watch.py); the session feeds it and reports its verdicts.
+
 Time comes in as ``now`` (monotonic seconds); nothing here reads a clock, opens a socket or a
 file, or touches torch. What the events ask for (store a frame, look up frames for a want,
 un-apply retracted records) is the daemon's job.
@@ -97,6 +100,7 @@ from .messages import (
     encode_want,
 )
 from .records import Frame, q_to_byte
+from .relay_watch import RelayWatch
 from .retained import manifest_payload
 from .signing import NodeKey
 from .sync import SyncPlanner
@@ -210,13 +214,12 @@ class Session:
         self._peers: dict[str, _Peer] = {}
         self._budgets: dict[str, _Bucket] = {}
         self._answered: dict[tuple[str, str, int], float] = {}
-        self._bundle_at: dict[str, float] = {}  # relay -> when its last bundle came
-        self._allowed = frozenset(manifest.relays)  # the relays a node may follow
-        self._distrusted: dict[str, tuple[float, str]] = {}  # relay -> (until, why)
-        self._followed_since: dict[str, float] = {}  # relay -> when this node began to follow
-        self._echoed: dict[str, int] = {}  # relay -> end of own records seen in its bundles
-        self._own_at: list[tuple[int, float]] = []  # (own records durable, since when)
-        self._delivered_by: dict[str, set[str]] = {}  # node -> relays that brought its records
+        self._relays = RelayWatch(
+            manifest.relays,
+            relay_timeout=self.config.relay_timeout,
+            relay_echo=self.config.relay_echo,
+            distrust_for=self.config.distrust_for,
+        )
         self._suspects: dict[str, float] = {}  # node -> when its own vv was last asked for
         # node -> (next seq, content) of its own vv, where it held more of its records than
         # this node does: compared once this node's log reaches that seq (tick)
@@ -246,7 +249,7 @@ class Session:
         if route.kind == BUNDLES:
             # only a relay the run names, caught neither dropping nor altering, is trusted like
             # the broker; any other client's bundle is a third party's copy (docs §9)
-            source = RELAY if self._trusted_relay(sender, now) else THIRD_PARTY
+            source = RELAY if self._relays.trusted(sender, now) else THIRD_PARTY
             return self._on_bundle(sender, payload, now, source, relayed=True)
         if route.to != self.me:
             return [self.drop("bad_topic", sender, f"a sync message for {route.to}")]
@@ -287,48 +290,27 @@ class Session:
                 break  # a sender of bad frames: the rest of its bundle is not worth reading
         return events
 
-    def _trusted_relay(self, relay: str, now: float) -> bool:
-        """A relay the run names (manifest ``relays``) and that has not been caught."""
-        if relay not in self._allowed:
-            return False
-        caught = self._distrusted.get(relay)
-        if caught is not None and now >= caught[0]:
-            del self._distrusted[relay]  # a second chance, checked like the first
-            caught = None
-        return caught is None
-
     def _relay_spoke(self, relay: str, now: float) -> None:
         peer = self._peers.get(relay)
         if peer is None or not peer.presence.relay:
             return  # bundles of a node that never said it relays: read, not listened to
-        self._bundle_at[relay] = now
+        self._relays.bundle_came(relay, now)
         self._heard(relay, now)
 
     def relays(self, now: float) -> list[str]:
         """The relays this node can listen to now: the run names them, they said so, their
         bundles come, and none was caught dropping or altering what it forwards."""
-        timeout = self.config.relay_timeout
-        up = sorted(
-            r
-            for r, at in self._bundle_at.items()
-            if now - at < timeout
-            and self._trusted_relay(r, now)
-            and (p := self._peers.get(r)) is not None
-            and p.alive(now, self.config.peer_timeout)
-        )
-        for r in up:
-            self._followed_since.setdefault(r, now)
-        for r in [r for r in self._followed_since if r not in up]:
-            del self._followed_since[r]
-            self._echoed.pop(r, None)
-        return up
+        timeout = self.config.peer_timeout
+
+        def alive(relay: str) -> bool:
+            peer = self._peers.get(relay)
+            return peer is not None and peer.alive(now, timeout)
+
+        return self._relays.up(now, alive)
 
     def _distrust(self, relay: str, now: float, reason: str, detail: str) -> Dropped:
         """Stop following ``relay`` for a while; one loud drop names it and why."""
-        self._distrusted[relay] = (now + self.config.distrust_for, reason)
-        self._bundle_at.pop(relay, None)
-        self._followed_since.pop(relay, None)
-        self._echoed.pop(relay, None)
+        self._relays.distrust(relay, now, reason)
         return self.drop(reason, relay, detail, loud=True)
 
     def subscriptions(self, now: float) -> list[Subscription]:
@@ -403,7 +385,7 @@ class Session:
         if not offered.new:
             return []
         if source == RELAY:  # who to blame if its author's word ever contradicts these
-            self._delivered_by.setdefault(frame.node, set()).add(sender)
+            self._relays.delivered(frame.node, sender)
         self._n.frames_accepted += 1
         if provisional:
             self._n.provisional += len(offered.new)
@@ -422,7 +404,7 @@ class Session:
             if not relay:
                 self._n.echoes += 1  # the broker's echo (a relay's bundle carries it by design)
             elif trusted:
-                self._echoed[relay] = max(self._echoed.get(relay, 0), frame.end_seq)
+                self._relays.echoed(relay, frame.end_seq)
             return []
         detail = (
             f"a frame in this node's name ({self.me} seq {frame.first_seq}.."
@@ -765,7 +747,7 @@ class Session:
             self._distrust(
                 relay, now, "tampered", f"{relay} forwarded records of {node} that it did not write"
             )
-            for relay in sorted(self._delivered_by.pop(node, set()))
+            for relay in self._relays.blame(node)
         ]
         return out
 
@@ -816,27 +798,13 @@ class Session:
         """Every followed relay must bring each own frame back within ``relay_echo`` seconds
         of when it became durable (and so was published): a relay that forwards nothing, or
         drops frames, is caught by the authors it drops and no longer followed (§9)."""
-        if not self._own_at or self._own_at[-1][0] != self.own_stored:
-            self._own_at.append((self.own_stored, now))
-        out: list[Event] = []
-        for relay, since in list(self._followed_since.items()):
-            echoed = self._echoed.get(relay, 0)
-            late = [
-                end
-                for end, at in self._own_at
-                if end > echoed and since < at <= now - self.config.relay_echo
-            ]
-            if late:
-                out.append(
-                    self._distrust(
-                        relay, now, "relay_dropped", f"{relay} did not forward own records "
-                        f"{echoed}..{late[-1] - 1} within {self.config.relay_echo:g} s"
-                    )
-                )  # fmt: skip
-        horizon = now - 4 * self.config.relay_echo
-        keep = [x for x in self._own_at if x[1] >= horizon]
-        self._own_at = keep or self._own_at[-1:]
-        return out
+        return [
+            self._distrust(
+                late.relay, now, "relay_dropped", f"{late.relay} did not forward own records "
+                f"{late.echoed}..{late.end - 1} within {self.config.relay_echo:g} s"
+            )
+            for late in self._relays.check(self.own_stored, now)
+        ]  # fmt: skip
 
     def _prune(self, now: float, room: int = 0) -> None:
         c = self.config
@@ -895,5 +863,5 @@ class Session:
             dropped={r: dict(sorted(c.items())) for r, c in sorted(n.dropped.items())},
             repairs=n.repairs,
             content_mismatches=n.content_mismatches,
-            distrusted={r: why for r, (_, why) in sorted(self._distrusted.items())},
+            distrusted=self._relays.distrusted(),
         )
