@@ -53,7 +53,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -99,8 +98,10 @@ from .messages import (
     encode_vv_request,
     encode_want,
 )
+from .peers import Budgets, Peer, spread
 from .records import Frame, q_to_byte
 from .relay_watch import RelayWatch
+from .repair import ContentRepair, Verdict
 from .retained import manifest_payload
 from .signing import NodeKey
 from .sync import SyncPlanner
@@ -133,31 +134,6 @@ class SessionConfig:
     relay_echo: float = 5.0  # seconds an own frame may take to come back in a followed relay's
     # bundles before the relay counts as not forwarding and is no longer followed
     distrust_for: float = 600.0  # seconds a relay caught dropping or altering is not followed
-
-
-@dataclass(slots=True)
-class _Peer:
-    presence: Presence
-    last_seen: float
-    spread: bytes  # this node's own order of its peers, for vv requests (_vv_requests)
-    silent: bool = False  # reported gone by tick()
-    vv_asked: float = -1e18
-
-    def alive(self, now: float, timeout: float) -> bool:
-        return self.presence.alive and not self.silent and now - self.last_seen < timeout
-
-
-def _spread(me: str, peer: str) -> bytes:
-    """Where ``peer`` stands in ``me``'s order of peers: SHA-256(me, 0x00, peer), first 8
-    bytes. Every node orders its peers differently, so nodes that have asked none of them yet
-    do not all ask the same one."""
-    return hashlib.sha256(f"{me}\x00{peer}".encode()).digest()[:8]
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    at: float
 
 
 @dataclass(slots=True)
@@ -211,8 +187,10 @@ class Session:
         self._planner = SyncPlanner(
             self.me, max_request=self.config.max_request, retry_after=self.config.retry_after
         )
-        self._peers: dict[str, _Peer] = {}
-        self._budgets: dict[str, _Bucket] = {}
+        self._peers: dict[str, Peer] = {}
+        self._budgets = Budgets(
+            self.config.budget_rate, self.config.budget_burst, self.config.max_peers
+        )
         self._answered: dict[tuple[str, str, int], float] = {}
         self._relays = RelayWatch(
             manifest.relays,
@@ -220,11 +198,12 @@ class Session:
             relay_echo=self.config.relay_echo,
             distrust_for=self.config.distrust_for,
         )
-        self._suspects: dict[str, float] = {}  # node -> when its own vv was last asked for
-        # node -> (next seq, content) of its own vv, where it held more of its records than
-        # this node does: compared once this node's log reaches that seq (tick)
-        self._words: dict[str, tuple[int, bytes]] = {}
-        self._vv_at = -1e18  # when a peer was last asked for its vv (suspects aside)
+        self._content = ContentRepair(
+            self.me,
+            vv_every=self.config.vv_every,
+            peer_timeout=self.config.peer_timeout,
+            max_words=self.config.max_peers,
+        )
         self._n = _Counters()
 
     @property
@@ -424,13 +403,13 @@ class Session:
             return [self.drop(exc.reason, sender, str(exc))]
         if isinstance(msg, Presence):
             return [self.drop("bad_type", sender, "presence on a sync topic")]
-        if not self._spend(sender, now):
+        if not self._budgets.spend(sender, now):
             return [self.drop("over_budget", sender, f"{sender} sends more than its budget")]
         self._heard(sender, now)
         if isinstance(msg, Vv):
             for node, end in msg.held.items():
                 self._planner.claim(sender, node, end, self.log.next_seq(node))
-            return self._compare_content(msg, now)
+            return self._judge(self._content.compare(msg, self.log), now)
         if isinstance(msg, VvRequest):
             return [VvRequested(sender)]
         self._n.wants_received += 1
@@ -442,21 +421,6 @@ class Session:
             self._answered = {k: t for k, t in self._answered.items() if t > horizon}
         self._answered[key] = now
         return [WantReceived(msg)]
-
-    def _spend(self, requester: str, now: float) -> bool:
-        """One token of ``requester``'s budget (a token bucket), if it has one left."""
-        c = self.config
-        b = self._budgets.get(requester)
-        if b is None:
-            if len(self._budgets) >= c.max_peers:
-                self._budgets.clear()  # a flood of new names: start everyone afresh
-            b = self._budgets[requester] = _Bucket(c.budget_burst, now)
-        b.tokens = min(c.budget_burst, b.tokens + (now - b.at) * c.budget_rate)
-        b.at = now
-        if b.tokens < 1.0:
-            return False
-        b.tokens -= 1.0
-        return True
 
     def _on_presence(
         self,
@@ -493,9 +457,9 @@ class Session:
         if before is None and len(self._peers) >= self.config.max_peers:
             self._prune(now, room=1)
         if before is None:
-            peer = _Peer(msg, now, _spread(self.me, sender))
+            peer = Peer(msg, now, spread(self.me, sender))
         else:
-            peer = _Peer(msg, now, before.spread, vv_asked=before.vv_asked)
+            peer = Peer(msg, now, before.spread, vv_asked=before.vv_asked)
         self._peers[sender] = peer
         self._planner.claim(sender, sender, msg.own, self.log.next_seq(sender))
         out: list[Event] = []
@@ -635,106 +599,29 @@ class Session:
     def _vv_requests(self, now: float) -> list[Outgoing]:
         """At most one vv request every ``vv_every`` seconds in all for what peers hold, and
         one to each node whose records a peer holds with other bytes than ours: its own word
-        on them decides (§9, repair).
-
-        The one: to a live peer whose held digest differs from ours (it holds more, or as much
-        but other records or other bytes) and that holds a record, not asked within
-        ``vv_every``; among those that hold at least as many records as this node, if any (they
-        may hold what it lacks), else among the rest (while the swarm steps, no presence shows
-        as many records as this node holds by the time it is read, and other bytes are found
-        all the same: compared over the records both hold). Of them, the one asked longest ago,
-        then by this node's own order of its peers (``_spread``): a peer whose presence changes
-        is not asked by every other node at once, each with a vv of the whole swarm to send
-        back."""
-        held = self.log.held_content()
-        ours, mine = sum(s for s, _ in held.values()), held_digest(held)
-        timeout, every = self.config.peer_timeout, self.config.vv_every
-        targets: list[str] = []
-        if now - self._vv_at >= every:
-            more: tuple[float, bytes, str] | None = None  # holds at least as many as we do
-            fewer: tuple[float, bytes, str] | None = None
-            for name, p in self._peers.items():
-                pr = p.presence
-                if not p.alive(now, timeout) or not pr.held_total or pr.held_digest == mine:
-                    continue
-                if now - p.vv_asked < every:
-                    continue
-                key = (p.vv_asked, p.spread, name)
-                if pr.held_total >= ours:
-                    if more is None or key < more:
-                        more = key
-                elif fewer is None or key < fewer:
-                    fewer = key
-            pick = more or fewer
-            if pick is not None:
-                targets, self._vv_at = [pick[2]], now
-        for node, asked in list(self._suspects.items()):
-            peer = self._peers.get(node)
-            if peer is None or not peer.alive(now, timeout) or node in targets:
-                continue
-            if now - max(asked, peer.vv_asked) >= every:
-                targets.append(node)
-                self._suspects[node] = now
-        out = []
+        on them decides (§9, repair; ``ContentRepair.vv_targets`` says whom)."""
+        targets = self._content.vv_targets(now, self._peers, self.log.held_content())
         req = encode_vv_request(VvRequest(self.me, self.run_id), self._key)
-        for t in targets:
-            self._peers[t].vv_asked = now
-            self._n.vv_requests_sent += 1
-            out.append(Outgoing(self.topics.sync(t, self.me), req, Kind.VV_REQUEST))
-        return out
+        self._n.vv_requests_sent += len(targets)
+        return [Outgoing(self.topics.sync(t, self.me), req, Kind.VV_REQUEST) for t in targets]
 
-    def _compare_content(self, msg: Vv, now: float) -> list[Event]:
-        """Records a peer holds with other bytes than ours, compared over the records both
-        hold (the shorter prefix: a digest of a prefix is computed from the log).
-
-        Its author's own word decides: when the peer *is* the author (in a signed run nothing
-        else can differ: frames carry their author's signature), our copy goes (``repair``);
-        otherwise the author is asked for its vv, and that answer decides. An author that holds
-        more of its records than we do (it steps on, and its frames come later than its vv)
-        is taken at its word once our log reaches its count (``tick``)."""
+    def _judge(self, verdicts: Sequence[Verdict], now: float) -> list[Event]:
+        """What comparisons of records with a peer's copy mean: a copy its author contradicts
+        is repaired; a copy another peer holds otherwise makes its author a suspect, asked for
+        its own word (``ContentRepair``)."""
         out: list[Event] = []
-        for node, end in msg.held.items():
-            if node == self.me:
-                continue
-            word = msg.content[node]
-            ours = self.log.next_seq(node)
-            if end > ours:
-                if node == msg.sender:
-                    if node not in self._words and len(self._words) >= self.config.max_peers:
-                        self._words.clear()  # a flood of made-up authors: start afresh
-                    self._words[node] = (end, word)
-                continue
-            mine = self.log.content(node) if end == ours else self.log.content_at(node, end)
-            out += self._judge(node, word == mine, node == msg.sender, now)
-        return out
-
-    def _judge(self, node: str, agrees: bool, by_author: bool, now: float) -> list[Event]:
-        """What a comparison of ``node``'s records with a peer's copy means."""
-        if agrees:
-            if by_author:
-                self._suspects.pop(node, None)  # its author agrees with our copy
-            return []
-        self._n.content_mismatches += 1
-        if by_author:
-            return self._repair(node, now)
-        self._suspects.setdefault(node, -1e18)
-        return []
-
-    def _check_words(self, now: float) -> list[Event]:
-        """Authors' words on more records than we held then, now that we hold them."""
-        out: list[Event] = []
-        for node, (end, word) in list(self._words.items()):
-            if self.log.next_seq(node) >= end:
-                del self._words[node]
-                out += self._judge(node, self.log.content_at(node, end) == word, True, now)
+        for v in verdicts:
+            if not v.agrees:
+                self._n.content_mismatches += 1
+            if self._content.repair_now(v):
+                out += self._repair(v.node, now)
         return out
 
     def _repair(self, node: str, now: float) -> list[Event]:
         """Our copy of ``node``'s records contradicts its author's: give all of it back (the
         model un-applies it exactly), blame the relays that brought it, and ask again from
         the author."""
-        self._suspects.pop(node, None)
-        self._words.pop(node, None)
+        self._content.repaired(node)
         gone = self.log.truncate(node, 0)
         out: list[Event] = []
         if gone:
@@ -785,7 +672,7 @@ class Session:
         """Peers that said they were alive but fell silent; the long gone are forgotten; a
         followed relay that did not carry an own frame back in time is no longer followed; an
         author's word on records this node did not hold yet is checked once it holds them."""
-        out: list[Event] = self._check_relays(now) + self._check_words(now)
+        out = self._check_relays(now) + self._judge(self._content.due(self.log), now)
         for name, peer in self._peers.items():
             silent = now - peer.last_seen >= self.config.peer_timeout
             if peer.presence.alive and not peer.silent and silent:
