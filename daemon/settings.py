@@ -118,8 +118,8 @@ class NodeSettings:
     )
     max_latency: float = setting(
         5.0,
-        "most seconds an own record waits to be published (a frame goes out once full or "
-        "when its oldest record is this old)",
+        "most seconds an own record waits to be published (a frame goes out once full, "
+        "when its oldest record is this old, or when the next step could not join it in time)",
         check=non_negative,
         advanced=True,
     )

@@ -12,8 +12,10 @@ process, on one real engine, in virtual time. The exact grid makes that cheap an
 
 A record is seen by its author at once and by every other node once its frame is published
 and delivered: a node's records wait in a frame that is sealed ``--scale-latency`` seconds
-after its first record (the node's ``--max-latency``; ``seedswarm swarm`` uses 1 s), then
-take ``--scale-delay`` seconds to arrive. G is evaluated every ``--scale-eval-every`` records;
+after its first record (the node's ``--max-latency``; ``seedswarm swarm`` uses 1 s) — or, as
+the node's flusher does, as soon as a step ends whose next step (one interval later, the last
+interval's length) would come after that deadline — then take ``--scale-delay`` seconds to
+arrive. G is evaluated every ``--scale-eval-every`` records;
 the records at which it first reaches the target loss (and accuracy) are interpolated
 between two evaluations. Several seeds a point (a seed moves the nodes' phases and the
 directions), because single runs mislead.
@@ -154,7 +156,9 @@ def _simulate(
     names = [f"s{seed}n{i}" for i in range(nodes)]
     next_seq = [0] * nodes
     frame_seal = [-math.inf] * nodes  # when the node's open frame is sealed
-    pending: deque[tuple[float, int, Record]] = deque()  # produced, not yet seen by all
+    last_step: list[float | None] = [None] * nodes  # when the node last stepped
+    open_frame: list[list[list[Any]]] = [[] for _ in range(nodes)]  # its entries of pending
+    pending: deque[list[Any]] = deque()  # [visible at, author, record]: not yet seen by all
     total, steps, unseen = 0, 0, 0
     curve = [_evaluate(engine, setup, 0)]
     next_eval = s.scale_eval_every
@@ -174,9 +178,18 @@ def _simulate(
         engine.apply(hidden)  # G again
         if t >= frame_seal[i]:
             frame_seal[i] = t + latency  # a new frame opens with this step's records
-        visible = frame_seal[i] + delay
+            open_frame[i] = []
         for j, q in enumerate(result.qs):
-            pending.append((visible, i, Record(names[i], next_seq[i] + j, q, steps)))
+            entry = [frame_seal[i] + delay, i, Record(names[i], next_seq[i] + j, q, steps)]
+            pending.append(entry)
+            open_frame[i].append(entry)
+        prev, last_step[i] = last_step[i], t
+        if prev is not None and t + (t - prev) >= frame_seal[i]:
+            # the node's flusher: the next step, one interval away, could not join this
+            # frame before its deadline, so it is sealed now (daemon/node/flusher.py)
+            frame_seal[i] = t
+            for entry in open_frame[i]:
+                entry[0] = t + delay
         next_seq[i] += k
         total += k
         steps += 1

@@ -2,7 +2,12 @@
 
 The trainer hands over the bytes of each own step (``add``); the flusher seals them into frames
 once a frame is full or its oldest record has waited ``--max-latency`` seconds: few, full frames
-where steps are fast, a bound on the delay where they are slow. Each frame is written to the
+where steps are fast, a bound on the delay where they are slow. A frame waits only for records
+that can still join it: when the next step, expected one step interval (the last one) after
+this one, would come after the frame's deadline, the frame is sealed at once. A node that steps
+slower than ``--max-latency`` so publishes each step as it ends, in the same frames it would
+have sent a latency later — the same bytes, and records of others that are fresher by up to
+``--max-latency`` at every node (the staleness ``seedswarm bench scale`` measures). Each frame is written to the
 store before it is published, so a crash can never make the node reuse a seq with another byte
 (an own record that was applied but not yet written is lost with the crash, and nobody saw it).
 
@@ -41,12 +46,16 @@ class Flusher:
         *,
         frame_records: int,
         max_latency: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
         self.store = store
         self.publish = publish  # the driver's: to the transport's outbox
         self.frame_records = frame_records
         self.max_latency = max_latency
+        self._clock = clock
+        self._last_add: float | None = None  # when the previous own step was handed over
+        self._interval: float | None = None  # the time between the last two own steps
         self._unsealed: list[int] = []  # own bytes applied but not yet sealed into frames
         self._oldest = 0.0  # when the first of them was stepped
         self._wake = asyncio.Event()  # own bytes are waiting to be sealed
@@ -59,11 +68,18 @@ class Flusher:
 
     def add(self, qs: Sequence[int], *, now: bool = False) -> None:
         """The bytes of an own step, in seq order; ``now``: seal them without waiting."""
+        at = self._clock()
+        if self._last_add is not None:
+            self._interval = at - self._last_add
+        self._last_add = at
         if not self._unsealed:
-            self._oldest = time.monotonic()
+            self._oldest = at
         self._unsealed.extend(qs)
         self._wake.set()
-        if now or len(self._unsealed) >= self.frame_records:
+        # the next step is expected one interval from now: if that is past this frame's
+        # deadline, nothing more can join it, and waiting would only age these records
+        late = self._interval is not None and at + self._interval >= self._oldest + self.max_latency
+        if now or late or len(self._unsealed) >= self.frame_records:
             self._full.set()
 
     def finish(self) -> None:
@@ -94,7 +110,7 @@ class Flusher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            due = self._oldest + self.max_latency - time.monotonic()
+            due = self._oldest + self.max_latency - self._clock()
             if due > 0 and not self._last:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(due):

@@ -9,6 +9,7 @@ request (a full frame, the last step, a snapshot's ``until_stored``), never from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,22 @@ class Rig:
 
 @pytest_asyncio.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with _rig(tmp_path) as r:
+        yield r
+
+
+class Clock:
+    """The flusher's clock, moved by the test: the seconds between own steps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def _rig(tmp_path: Path, clock: Clock | None = None) -> AsyncIterator[Rig]:
     session = Session(MANIFEST, "me", config=SessionConfig(frame_records=FRAME))
     store = StoreThread(SqliteLogStore(tmp_path / "log.sqlite"), tmp_path / "log.sqlite")
     await store.call(store.store.bind, MANIFEST)
@@ -56,7 +73,10 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         published.extend(messages)
         changed.set()
 
-    flusher = Flusher(session, store, publish, frame_records=FRAME, max_latency=HOUR)
+    flusher = Flusher(
+        session, store, publish, frame_records=FRAME, max_latency=HOUR,
+        **({"clock": clock} if clock else {}),
+    )  # fmt: skip
     task = asyncio.create_task(flusher.run())
     try:
         yield Rig(session, store, flusher, published, changed)
@@ -128,6 +148,36 @@ async def test_until_stored_seals_what_waits_without_waiting_for_the_latency(rig
         await rig.flusher.until_stored(3 + FRAME + 1)
     assert rig.stored() == 3 + FRAME + 1
     assert len(rig.published) == 3
+
+
+async def test_a_frame_waits_only_for_a_step_that_can_come_before_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """Steps slower than --max-latency (an hour, on the test's clock): each is sealed as it
+    ends, since the next cannot join its frame in time; steps faster than it share a frame
+    until it is full, as before. The first step, with no interval to go by, waits."""
+    clock = Clock()
+    async with _rig(tmp_path, clock) as rig:
+        rig.flusher.add([1, 1])  # t = 0: the first step
+        await asyncio.sleep(0.05)
+        assert rig.stored() == 0  # waiting: it knows no interval yet
+        clock.now = 2 * HOUR
+        rig.flusher.add([2, 2])  # two hours later: the next would come after the deadline
+        await _until(rig, 4)
+        assert len(rig.published) == 1  # one frame: the waiting step and this one
+        clock.now = 4 * HOUR
+        rig.flusher.add([3, 3])  # the same pace: sealed as it ends
+        await _until(rig, 6)
+        assert len(rig.published) == 2
+        for _ in range(3):  # now a step a second: they share a frame until it is full
+            clock.now += 1.0
+            rig.flusher.add([4, 4])
+        await asyncio.sleep(0.05)
+        assert rig.stored() == 6
+        clock.now += 1.0
+        rig.flusher.add([5, 5])  # the frame's eighth record
+        await _until(rig, 6 + FRAME)
+        assert [m.records for m in rig.published] == [4, 2, FRAME]
 
 
 async def test_a_session_over_a_stored_log_counts_its_own_records_as_stored(
