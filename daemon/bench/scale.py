@@ -383,7 +383,8 @@ def _plot(points: list[ScalePoint], real: list[RealRun], s: BenchSettings) -> st
         return str(path)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
     for name, pts in series:
-        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+        if pts:  # no accuracy target (a causal LM, or --scale-target-accuracy 0): no line
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
     ax.axhline(0.9, color="black", linestyle="--", linewidth=0.8, label="0.9")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("nodes")
