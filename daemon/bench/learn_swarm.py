@@ -10,7 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from seedswarm.daemon.errors import ConfigError
+from seedswarm.daemon.launch.broker import free_port
+from seedswarm.daemon.launch.mosquitto import executable, mosquitto
 from seedswarm.daemon.status.schema import NodeStatus
 from seedswarm.daemon.store.datadir import DataDir
 
@@ -46,7 +47,6 @@ def run_swarm_arm(arm: Arm, setup: Setup, s: LearnSettings) -> ArmResult:
     del probe
     work = Path(tempfile.mkdtemp(prefix="bench-learn-swarm-"))
     (work / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
-    broker = _start_mosquitto(work)
     cmd = [
         sys.executable, "-m", "seedswarm.daemon.cli", "swarm", "--nodes", str(arm.nodes),
         "--manifest", str(work / "manifest.json"), "--model", setup.model_ref,
@@ -54,85 +54,53 @@ def run_swarm_arm(arm: Arm, setup: Setup, s: LearnSettings) -> ArmResult:
         "--batch-size", str(arm.batch_size), "--torch-threads", "1", "--json",
         "--kernel", setup.kernel if setup.kernel != "auto" else "auto",
     ]  # fmt: skip
-    if broker is not None:
-        cmd += ["--broker", broker[1]]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    polls: list[tuple[float, dict[str, int], int]] = []
-    first_step = None
-    try:
-        nodes: dict[str, tuple[int, str]] = {}
-        budget = s.budget_s
-        while time.monotonic() - t0 < budget + 600:
-            time.sleep(1.0)
-            if proc.poll() is not None:
-                break
-            nodes = _swarm_nodes(proc.pid) or nodes
-            for i, (pid, _) in enumerate(sorted(nodes.values())):
-                _pin(pid, i)
-            status = _status(nodes.get("n0", (0, ""))[1])
-            if status is None:
-                continue
-            now = time.monotonic() - t0
-            vv = dict(status.version_vector)
-            steps = status.steps.this_session
-            if first_step is None and any(vv.values()):
-                first_step = now
-            polls.append((now, vv, steps))
-            if first_step is not None and now - first_step >= budget:
-                break
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if broker is not None:
-            broker[0].terminate()
-            broker[0].wait(timeout=30)
+    with contextlib.ExitStack() as broker:
+        if executable() is not None:  # else the swarm's embedded broker
+            port = free_port()
+            broker.enter_context(mosquitto(port))
+            cmd += ["--broker", f"mqtt://127.0.0.1:{port}"]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        polls: list[tuple[float, dict[str, int], int]] = []
+        first_step = None
+        try:
+            nodes: dict[str, tuple[int, str]] = {}
+            budget = s.budget_s
+            while time.monotonic() - t0 < budget + 600:
+                time.sleep(1.0)
+                if proc.poll() is not None:
+                    break
+                nodes = _swarm_nodes(proc.pid) or nodes
+                for i, (pid, _) in enumerate(sorted(nodes.values())):
+                    _pin(pid, i)
+                status = _status(nodes.get("n0", (0, ""))[1])
+                if status is None:
+                    continue
+                now = time.monotonic() - t0
+                vv = dict(status.version_vector)
+                steps = status.steps.this_session
+                if first_step is None and any(vv.values()):
+                    first_step = now
+                polls.append((now, vv, steps))
+                if first_step is not None and now - first_step >= budget:
+                    break
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
     curve = _replay_curve(work / "swarm" / "n0", setup, polls, s.eval_every_s, per_record)
     shutil.rmtree(work, ignore_errors=True)
     notes = ArmNotes(
         clock="wall clock from the launcher's start (start-up included)", polls=len(polls)
     )
     return ArmResult(arm, first_step or 0.0, tuple(curve), notes)
-
-
-def _start_mosquitto(work: Path) -> tuple[subprocess.Popen[bytes], str] | None:
-    """A Mosquitto broker on a free port when one is installed (else the embedded amqtt)."""
-    import shutil
-    import socket
-
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if exe is None:
-        return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n",
-        encoding="utf-8",
-    )
-    proc = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"mqtt://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise ConfigError("bench learn: mosquitto did not start")
 
 
 def _swarm_nodes(launcher: int) -> dict[str, tuple[int, str]]:

@@ -19,6 +19,7 @@ and so every direction and batch, changes with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from seedswarm.daemon.errors import BenchError
+from seedswarm.daemon.launch.broker import free_port
+from seedswarm.daemon.launch.mosquitto import executable, mosquitto
 
 from .curves import CurvePoint, crossing
-from .learn_swarm import _start_mosquitto
 from .settings import BenchSettings
 
 
@@ -71,7 +73,6 @@ def run_real(
     """``seedswarm swarm --nodes N`` to ``--scale-real-records`` records, then its curve."""
     steps = max(1, math.ceil(s.scale_real_records / (nodes * setup.manifest.directions)))
     work = Path(tempfile.mkdtemp(prefix="bench-scale-real-"))
-    broker = _start_mosquitto(work)
     cmd = [
         sys.executable, "-m", "seedswarm.daemon.cli", "swarm", "--nodes", str(nodes),
         "--name", f"scale-s{seed}", "--model", s.model, "--data", s.data,
@@ -80,20 +81,23 @@ def run_real(
         "--torch-threads", "1", "--kernel", s.kernel, "--timeout", str(s.scale_real_timeout),
         "--json",
     ]  # fmt: skip
-    if broker is not None:
-        cmd += ["--broker", broker[1]]
-    t0 = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            out, err = proc.communicate(timeout=s.scale_real_timeout + 120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        seconds = time.monotonic() - t0
+        with contextlib.ExitStack() as broker:
+            if executable() is not None:  # else the swarm's embedded broker
+                port = free_port()
+                broker.enter_context(mosquitto(port))
+                cmd += ["--broker", f"mqtt://127.0.0.1:{port}"]
+            t0 = time.monotonic()
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                out, err = proc.communicate(timeout=s.scale_real_timeout + 120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+            seconds = time.monotonic() - t0
         if proc.returncode != 0:
             tail = " | ".join(err.strip().splitlines()[-3:])
             raise BenchError(
@@ -103,9 +107,6 @@ def run_real(
         _check_agreement(out, nodes)
         records, curve = _curve(s, setup, work / "swarm" / "n0", nodes, seed, target_accuracy)
     finally:
-        if broker is not None:
-            broker[0].terminate()
-            broker[0].wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
     target_acc = target_accuracy
     return RealRun(

@@ -14,13 +14,18 @@ from pathlib import Path
 from seedswarm.daemon.errors import ConfigError
 
 
+def executable() -> str | None:
+    """Mosquitto's path where it is installed (Debian's package puts it in /usr/sbin)."""
+    return shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+
+
 @contextlib.contextmanager
 def mosquitto(port: int, extra: Sequence[str] = ()) -> Iterator[subprocess.Popen[bytes]]:
     """Mosquitto's defaults but persistence (off) and ``sys_interval`` (its counters every
     second), plus the config lines ``extra``; yields the process (bench load reads its CPU)."""
-    exe = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    exe = executable()
     if exe is None:
         raise ConfigError("mosquitto is not installed (apt install mosquitto)")
     with tempfile.TemporaryDirectory() as tmp:
