@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 
@@ -31,3 +32,14 @@ def crossing(curve: list[CurvePoint], target: float, *, below: bool) -> float | 
             return prev.records + frac * (c.records - prev.records)
         prev = c
     return None
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    """The median, or None when any run missed the target (a missed run is no number)."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(statistics.median(v for v in values if v is not None))
+
+
+def fmt_records(v: float | None) -> str:
+    return "missed" if v is None else f"{v:,.0f}"

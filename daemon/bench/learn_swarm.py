@@ -10,8 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from seedswarm.daemon.launch.broker import free_port
-from seedswarm.daemon.launch.mosquitto import executable, mosquitto
+from seedswarm.daemon.launch.mosquitto import broker_for_swarm
 from seedswarm.daemon.status.schema import NodeStatus
 from seedswarm.daemon.store.datadir import DataDir
 
@@ -54,11 +53,8 @@ def run_swarm_arm(arm: Arm, setup: Setup, s: LearnSettings) -> ArmResult:
         "--batch-size", str(arm.batch_size), "--torch-threads", "1", "--json",
         "--kernel", setup.kernel if setup.kernel != "auto" else "auto",
     ]  # fmt: skip
-    with contextlib.ExitStack() as broker:
-        if executable() is not None:  # else the swarm's embedded broker
-            port = free_port()
-            broker.enter_context(mosquitto(port))
-            cmd += ["--broker", f"mqtt://127.0.0.1:{port}"]
+    with broker_for_swarm() as broker:
+        cmd += broker
         t0 = time.monotonic()
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

@@ -97,7 +97,8 @@ def _run(s: BenchSettings) -> tuple[Result, str]:
         exact = bench_exact(s)
         return exact, print_exact(exact)
     if which == "scale":
-        from .scale import bench_scale, print_scale
+        from .scale import bench_scale
+        from .scale_report import print_scale
 
         scale = bench_scale(s)
         return scale, print_scale(scale)

@@ -39,98 +39,15 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from seedswarm.daemon.console import table
 from seedswarm.daemon.errors import ConfigError
 
-from .curves import CurvePoint, crossing
+from .curves import CurvePoint, crossing, fmt_records, median_or_none
 from .scale_real import RealRun, run_real
+from .scale_report import plot_scale
+from .scale_result import ScalePoint, ScaleResult, ScaleRun
 from .settings import BenchSettings, sizes
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleRun:
-    nodes: int
-    seed: int
-    records_to_loss: float | None  # interpolated; None: not reached within the budget
-    records_to_accuracy: float | None
-    unseen_per_step: float  # mean records of others a step did not see yet (staleness)
-    steps: int
-    forwards: int
-    seconds: float  # real seconds the run took here
-    curve: tuple[CurvePoint, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ScalePoint:
-    nodes: int
-    runs: tuple[ScaleRun, ...]
-    records_to_loss: float | None  # median over the seeds (None if any missed)
-    records_to_accuracy: float | None
-    efficiency_loss: float | None
-    efficiency_accuracy: float | None
-    speedup: float | None  # predicted wall-clock, from the loss efficiency
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleResult:
-    model: str
-    data: str
-    estimator: str
-    records_per_step: int
-    step_s: float
-    latency_s: float
-    delay_s: float
-    target_loss: float
-    target_accuracy: float | None
-    apply_s_per_record: float
-    step_s_measured: float  # real seconds of one own step here (for the speed-up)
-    points: tuple[ScalePoint, ...]
-    real: tuple[RealRun, ...]  # seedswarm swarm runs (--scale-real), beside the simulation
-    plot: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "data": self.data,
-            "estimator": self.estimator,
-            "records_per_step": self.records_per_step,
-            "step_s": self.step_s,
-            "latency_s": self.latency_s,
-            "delay_s": self.delay_s,
-            "target_loss": self.target_loss,
-            "target_accuracy": self.target_accuracy,
-            "apply_s_per_record": self.apply_s_per_record,
-            "step_s_measured": self.step_s_measured,
-            "plot": self.plot,
-            "points": [
-                {
-                    "nodes": p.nodes,
-                    "records_to_loss": p.records_to_loss,
-                    "records_to_accuracy": p.records_to_accuracy,
-                    "efficiency_loss": p.efficiency_loss,
-                    "efficiency_accuracy": p.efficiency_accuracy,
-                    "speedup": p.speedup,
-                    "runs": [
-                        {
-                            "seed": r.seed,
-                            "records_to_loss": r.records_to_loss,
-                            "records_to_accuracy": r.records_to_accuracy,
-                            "unseen_per_step": r.unseen_per_step,
-                            "steps": r.steps,
-                            "forwards": r.forwards,
-                            "seconds": r.seconds,
-                            "curve": [[c.records, c.loss, c.accuracy] for c in r.curve],
-                        }
-                        for r in p.runs
-                    ],
-                }
-                for p in self.points
-            ],
-            "real": [r.to_json() for r in self.real],
-        }
 
 
 def _simulate(
@@ -309,14 +226,14 @@ def bench_scale(s: BenchSettings) -> ScaleResult:
             runs.append(run)
             print(
                 f"  scale: {n} node(s), seed {seed}: loss target at "
-                f"{_fmt(run.records_to_loss)} records, accuracy target at "
-                f"{_fmt(run.records_to_accuracy)}, {run.unseen_per_step:.1f} unseen records "
+                f"{fmt_records(run.records_to_loss)} records, accuracy target at "
+                f"{fmt_records(run.records_to_accuracy)}, {run.unseen_per_step:.1f} unseen records "
                 f"a step, {run.seconds:.0f} s",
                 file=sys.stderr,
                 flush=True,
             )
-        rl = _median([r.records_to_loss for r in runs])
-        ra = _median([r.records_to_accuracy for r in runs])
+        rl = median_or_none([r.records_to_loss for r in runs])
+        ra = median_or_none([r.records_to_accuracy for r in runs])
         if n == 1:
             base_loss, base_acc = rl, ra
         eff_l = None if rl is None or base_loss is None else base_loss / rl
@@ -334,12 +251,12 @@ def bench_scale(s: BenchSettings) -> ScaleResult:
             real.append(r)
             print(
                 f"  scale: seedswarm swarm, {n} node(s), seed {seed}: loss target at "
-                f"{_fmt(r.records_to_loss)} records of {r.records}, accuracy target at "
-                f"{_fmt(r.records_to_accuracy)}, {r.seconds:.0f} s",
+                f"{fmt_records(r.records_to_loss)} records of {r.records}, accuracy target at "
+                f"{fmt_records(r.records_to_accuracy)}, {r.seconds:.0f} s",
                 file=sys.stderr,
                 flush=True,
             )
-    plot = _plot(points, real, s) if s.scale_plot else ""
+    plot = plot_scale(points, real, s) if s.scale_plot else ""
     return ScaleResult(
         model=s.model, data=s.data, estimator=m.estimator, records_per_step=k,
         step_s=s.scale_step_s, latency_s=s.scale_latency, delay_s=s.scale_delay,
@@ -348,128 +265,3 @@ def bench_scale(s: BenchSettings) -> ScaleResult:
         apply_s_per_record=t_apply, step_s_measured=t_step, points=tuple(points),
         real=tuple(real), plot=plot,
     )  # fmt: skip
-
-
-def _median(values: list[float | None]) -> float | None:
-    """The median, or None when any run missed the target (a missed run is no number)."""
-    if not values or any(v is None for v in values):
-        return None
-    return float(statistics.median(v for v in values if v is not None))
-
-
-def _fmt(v: float | None) -> str:
-    return "missed" if v is None else f"{v:,.0f}"
-
-
-def _plot(points: list[ScalePoint], real: list[RealRun], s: BenchSettings) -> str:
-    """Efficiency against nodes (and each run's records to the target), as a PNG."""
-    path = Path(s.scale_plot)
-    series = [
-        ("efficiency (loss)", [(p.nodes, p.efficiency_loss) for p in points if p.efficiency_loss]),
-        (
-            "efficiency (accuracy)",
-            [(p.nodes, p.efficiency_accuracy) for p in points if p.efficiency_accuracy],
-        ),
-    ]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        from .learn_report import plain_png
-
-        plain_png([(n, [(math.log2(x), y) for x, y in pts]) for n, pts in series], 0.9, path)
-        return str(path)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
-    for name, pts in series:
-        if pts:  # no accuracy target (a causal LM, or --scale-target-accuracy 0): no line
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
-    ax.axhline(0.9, color="black", linestyle="--", linewidth=0.8, label="0.9")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("nodes")
-    ax.set_ylabel("records(1 node) / records(N nodes)")
-    ax.set_title("records-efficiency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    for p in points:
-        xs = [p.nodes] * len(p.runs)
-        ys = [r.records_to_loss for r in p.runs]
-        bx.scatter(xs, [y if y is not None else float("nan") for y in ys], color="tab:blue")
-    if real:
-        bx.scatter(
-            [r.nodes for r in real],
-            [r.records_to_loss if r.records_to_loss is not None else float("nan") for r in real],
-            color="tab:orange", marker="x", label="seedswarm swarm (real processes)",
-        )  # fmt: skip
-        bx.legend(fontsize=8)
-    bx.set_xscale("log", base=2)
-    bx.set_xlabel("nodes")
-    bx.set_ylabel(f"records to dev loss <= {s.scale_target_loss}")
-    bx.set_title("each seed")
-    bx.grid(alpha=0.3)
-    fig.suptitle(f"seedswarm bench scale: {s.model}, step {s.scale_step_s} s, latency "
-                 f"{s.scale_latency} s, delay {s.scale_delay} s")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
-
-
-def print_scale(r: ScaleResult) -> str:
-    rows = [
-        [
-            str(p.nodes), _fmt(p.records_to_loss), _fmt(p.records_to_accuracy),
-            "-" if p.efficiency_loss is None else f"{p.efficiency_loss:.2f}",
-            "-" if p.efficiency_accuracy is None else f"{p.efficiency_accuracy:.2f}",
-            "-" if p.speedup is None else f"{p.speedup:.1f}x",
-            f"{statistics.mean(x.unseen_per_step for x in p.runs):.1f}",
-        ]
-        for p in r.points
-    ]  # fmt: skip
-    acc = "-" if r.target_accuracy is None else f"{r.target_accuracy:.3f}"
-    head = (
-        f"model {r.model}, data {r.data}, {r.estimator} ({r.records_per_step} records a step), "
-        f"a step every {r.step_s} s, frame latency {r.latency_s} s, delay {r.delay_s} s; "
-        f"targets: loss {r.target_loss}, accuracy {acc}"
-    )
-    headers = [
-        "nodes", "records to loss", "records to acc", "efficiency (loss)", "efficiency (acc)",
-        "speed-up", "unseen a step",
-    ]  # fmt: skip
-    foot = (
-        f"measured here: a peer record applies in {r.apply_s_per_record * 1e6:.1f} us, an own "
-        f"step takes {r.step_s_measured:.2f} s; medians over {len(r.points[0].runs)} seeds"
-        + (f"; plot: {r.plot}" if r.plot else "")
-    )
-    lines = [head, table(headers, rows), foot]
-    if r.real:
-        spread = {
-            p.nodes: [x.records_to_loss for x in p.runs if x.records_to_loss is not None]
-            for p in r.points
-        }
-        real_rows = []
-        for n in sorted({x.nodes for x in r.real}):
-            runs = [x for x in r.real if x.nodes == n]
-            sim = spread.get(n, [])
-            got = [x.records_to_loss for x in runs]
-            inside = (
-                "-" if not sim or None in got
-                else f"{sum(min(sim) <= g <= max(sim) for g in got if g is not None)} of {len(got)}"
-            )  # fmt: skip
-            real_rows.append([
-                str(n), " / ".join(_fmt(g) for g in got), _fmt(_median(list(got))),
-                f"{min(sim):,.0f}-{max(sim):,.0f}" if sim else "not simulated", inside,
-            ])  # fmt: skip
-        title = (
-            "seedswarm swarm, real processes through a real broker (records to the loss target,"
-            " from n0's log):"
-        )
-        lines += [
-            title,
-            table(
-                ["nodes", "records, each seed", "median", "simulated, min-max", "inside"],
-                real_rows,
-            ),
-        ]
-    return "\n".join(lines)

@@ -19,7 +19,6 @@ and so every direction and batch, changes with it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -34,8 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from seedswarm.daemon.errors import BenchError
-from seedswarm.daemon.launch.broker import free_port
-from seedswarm.daemon.launch.mosquitto import executable, mosquitto
+from seedswarm.daemon.launch.mosquitto import broker_for_swarm
 
 from .curves import CurvePoint, crossing
 from .settings import BenchSettings
@@ -82,11 +80,8 @@ def run_real(
         "--json",
     ]  # fmt: skip
     try:
-        with contextlib.ExitStack() as broker:
-            if executable() is not None:  # else the swarm's embedded broker
-                port = free_port()
-                broker.enter_context(mosquitto(port))
-                cmd += ["--broker", f"mqtt://127.0.0.1:{port}"]
+        with broker_for_swarm() as broker:
+            cmd += broker
             t0 = time.monotonic()
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from seedswarm.daemon.errors import ConfigError
 
+from .broker import free_port
+
 
 def executable() -> str | None:
     """Mosquitto's path where it is installed (Debian's package puts it in /usr/sbin)."""
@@ -47,6 +49,19 @@ def mosquitto(port: int, extra: Sequence[str] = ()) -> Iterator[subprocess.Popen
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def broker_for_swarm() -> Iterator[list[str]]:
+    """The ``--broker`` option for a ``seedswarm swarm`` a benchmark starts: a Mosquitto of its
+    own on a free port while the block runs, or none (the swarm's embedded broker) where
+    Mosquitto is not installed."""
+    if executable() is None:
+        yield []
+        return
+    port = free_port()
+    with mosquitto(port):
+        yield ["--broker", f"mqtt://127.0.0.1:{port}"]
 
 
 def _wait_listening(
