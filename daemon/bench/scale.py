@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seedswarm.daemon.errors import ConfigError
+from seedswarm.daemon.node.flusher import next_step_too_late
 
 from .curves import CurvePoint, crossing, fmt_records, median_or_none
 from .scale_real import RealRun, run_real
@@ -101,10 +102,8 @@ def _simulate(
             pending.append(entry)
             open_frame[i].append(entry)
         prev, last_step[i] = last_step[i], t
-        if prev is not None and t + (t - prev) >= frame_seal[i]:
-            # the node's flusher: the next step, one interval away, could not join this
-            # frame before its deadline, so it is sealed now (daemon/node/flusher.py)
-            frame_seal[i] = t
+        if next_step_too_late(t, None if prev is None else t - prev, frame_seal[i]):
+            frame_seal[i] = t  # the node's flusher seals it now (daemon/node/flusher.py)
             for entry in open_frame[i]:
                 entry[0] = t + delay
         next_seq[i] += k

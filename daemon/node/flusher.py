@@ -30,6 +30,14 @@ from seedswarm.protocol.events import Outgoing
 from seedswarm.protocol.session import Session
 
 
+def next_step_too_late(at: float, interval: float | None, deadline: float) -> bool:
+    """Whether a frame open until ``deadline`` should be sealed as the step ending ``at`` hands
+    over its records: the next step is expected one ``interval`` (the last one) later, and if
+    that is past the deadline nothing more can join the frame, so waiting would only age its
+    records. With no interval yet (a first step), it waits."""
+    return interval is not None and at + interval >= deadline
+
+
 @dataclass(frozen=True, slots=True)
 class FlusherStatistics:
     unsealed: int  # own records stepped but not yet written and published
@@ -76,9 +84,7 @@ class Flusher:
             self._oldest = at
         self._unsealed.extend(qs)
         self._wake.set()
-        # the next step is expected one interval from now: if that is past this frame's
-        # deadline, nothing more can join it, and waiting would only age these records
-        late = self._interval is not None and at + self._interval >= self._oldest + self.max_latency
+        late = next_step_too_late(at, self._interval, self._oldest + self.max_latency)
         if now or late or len(self._unsealed) >= self.frame_records:
             self._full.set()
 
