@@ -12,6 +12,7 @@
   learn    ways of training to a target, side by side                               (learn.py)
   exact    millions of records in two orders and two batchings: one state, the headroom  (exact.py)
   scale    the swarm's records-efficiency for N = 1 .. 32 nodes, in virtual time        (scale.py)
+  noise    how much of a batch's gradient is sampling noise, by batch size               (noise.py)
 
 Every benchmark measures its ratios side by side in one run (common.py says why).
 """
@@ -102,4 +103,9 @@ def _run(s: BenchSettings) -> tuple[Result, str]:
 
         scale = bench_scale(s)
         return scale, print_scale(scale)
+    if which == "noise":
+        from .noise import bench_noise, print_noise
+
+        noise = bench_noise(s)
+        return noise, print_noise(noise)
     raise AssertionError(f"no benchmark {which!r}")  # the command line offers only BENCHES

@@ -15,9 +15,14 @@ from seedswarm.daemon.options import KERNELS, non_negative, positive
 from seedswarm.daemon.settings import setting
 
 BENCHES = (
-    "step", "apply", "wire", "quant", "live", "join", "control", "load", "learn", "exact", "scale"
+    "step", "apply", "wire", "quant", "live", "join", "control", "load", "learn", "exact", "scale",
+    "noise",
 )  # fmt: skip
 DEFAULT_ARMS = "spsa,fzoo4,fzoo8,fzoo16,fzoo8-lowrank,fzoo8-2t,adamw,fzoo8-2n"
+
+
+def _at_least_two(v: int) -> str | None:
+    return None if v >= 2 else "must be at least 2 (the spread needs two batches)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +162,14 @@ class BenchSettings:
     scale_real_timeout: int = setting(
         3600, "scale: seconds a real run may take before it counts as failed", check=positive
     )
+    noise_run: str = setting(
+        "", "noise: a run directory (train --out, or a node's --data-dir) whose model to measure"
+    )
+    noise_data: str = setting("", "noise: training data (default: the run's own --data)")
+    noise_batches: int = setting(
+        200, "noise: batch gradients averaged at each point", check=_at_least_two
+    )
+    noise_sizes: str = setting("16,32,64,128", "noise: batch sizes to report")
     adapter: str = setting(
         "none",
         "step, apply: train a LoRA adapter on the model instead of its weights (none or lora)",

@@ -288,3 +288,49 @@ def test_bench_scale_runs_seedswarm_swarm_beside_the_simulation(tmp_path: Path) 
     assert records[-2] < real["records_to_loss"] <= records[-1]
     assert real["curve"][-1][1] <= 5.2 < real["curve"][-2][1]
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_noise_measures_the_batch_noise_of_a_run(tmp_path: Path) -> None:
+    """Backprop on a run's trainable weights at the base and at the run's model: the noise a
+    batch's gradient carries falls as 1/B, and data whose examples are all the same has none."""
+    rows = ["a fine bright day\t1", "a dull grey day\t0", "the best film\t1", "a bad end\t0"]
+    varied = tmp_path / "varied.tsv"
+    varied.write_text("sentence\tlabel\n" + "\n".join(rows * 20) + "\n", encoding="utf-8")
+    same = tmp_path / "same.tsv"
+    same.write_text("sentence\tlabel\n" + "a fine bright day\t1\n" * 80, encoding="utf-8")
+    run = tmp_path / "run"
+    trained = cli_json(
+        "train", "--data", str(varied), "--estimator", "fzoo", "--directions", "2", "--steps",
+        "4", "--out", str(run),
+    )  # fmt: skip
+    out = cli_json(
+        "bench", "noise", "--noise-run", str(run), "--noise-batches", "6", "--noise-sizes", "4,16"
+    )
+    assert out["bench"] == "noise"
+    assert out["data"] == str(varied)  # the run's own --data
+    base, after = out["points"]
+    assert (base["where"], base["records"]) == ("base", 0)
+    assert after["records"] == trained["records"] == 8
+    for p in (base, after):
+        assert p["noise_sq"] > 0
+        r4, r16 = p["ratios"]["4"], p["ratios"]["16"]
+        assert r4 > r16 > 1.0
+        assert math.isclose(r16 - 1.0, (r4 - 1.0) / 4, rel_tol=1e-9)  # noise falls as 1/B
+    uniform = cli_json(
+        "bench", "noise", "--noise-run", str(run), "--noise-data", str(same),
+        "--noise-batches", "4", "--noise-sizes", "4",
+    )  # fmt: skip
+    for p in uniform["points"]:
+        assert p["noise_sq"] <= 1e-12 * p["grad_sq"], p  # every batch is the same batch
+        assert math.isclose(p["ratios"]["4"], 1.0, abs_tol=1e-9)
+    text = cli("bench", "noise", "--noise-run", str(run), "--noise-batches", "3", check=True)
+    assert "E||g_B||^2 / ||g||^2" in text.stdout
+
+
+def test_bench_noise_says_what_it_needs() -> None:
+    proc = cli("bench", "noise")
+    assert proc.returncode == 2
+    assert "bench noise needs --noise-run DIR" in proc.stderr, proc.stderr
+    bad = cli("bench", "noise", "--noise-run", "x", "--noise-batches", "1")
+    assert bad.returncode == 2
+    assert "--noise-batches: 1 must be at least 2" in bad.stderr, bad.stderr
