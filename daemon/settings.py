@@ -45,7 +45,12 @@ class LocalSettings:
     """This host's part of a run: who it is, its shard of the data, its hardware."""
 
     node: str = setting("n0", "this node's id (A-Z a-z 0-9 _ -)")
-    batch_size: int = setting(16, "examples per forward pass", check=positive, advanced=True)
+    batch_size: int = setting(
+        0,
+        "examples per forward pass (0: 64 for a classification run trained by fzoo, else 16)",
+        check=non_negative,
+        advanced=True,
+    )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", advanced=True)
     kernel: str = setting(
         "auto", "sign/apply kernel: " + ", ".join(KERNELS), choices=KERNELS, advanced=True
@@ -288,7 +293,12 @@ class SwarmSettings:
         "takes the rest); the swarm ends once all are done and agree (-1: run until Ctrl+C)",
         check=steps_limit,
     )
-    batch_size: int = setting(16, "examples per forward pass", check=positive, advanced=True)
+    batch_size: int = setting(
+        0,
+        "examples per forward pass (0: 64 for a classification run trained by fzoo, else 16)",
+        check=non_negative,
+        advanced=True,
+    )
     device: str = setting("cpu", "device of every node: cpu, cuda, cuda:N, auto", advanced=True)
     kernel: str = setting(
         "auto", "sign/apply kernel: " + ", ".join(KERNELS), choices=KERNELS, advanced=True

@@ -20,9 +20,16 @@ from seedswarm.daemon.console import Progress, emit_json, say
 from seedswarm.daemon.errors import ConfigError
 from seedswarm.daemon.node.curves import Curves
 from seedswarm.daemon.node.evaluation import EVALS, EvalHistory, point_of
-from seedswarm.daemon.node.startup import open_engine, plan_run, resolve_device, training_examples
+from seedswarm.daemon.node.startup import (
+    batch_size_for,
+    open_engine,
+    plan_run,
+    planned_elsewhere,
+    resolve_device,
+    training_examples,
+)
 from seedswarm.daemon.store import snapshots
-from seedswarm.daemon.store.datadir import DataDir, NodeInputs
+from seedswarm.daemon.store.datadir import DataDir, NodeInputs, read_manifest_file
 from seedswarm.daemon.store.log_store import Stored
 from seedswarm.model.data import read
 from seedswarm.model.engine import Engine
@@ -42,6 +49,10 @@ def train(s: TrainSettings) -> int:
     engine = open_engine(plan, s.run, device=device, kernel=s.local.kernel)
     engine.task_model.amp_dtype = torch.bfloat16 if s.local.amp and device != "cpu" else None
     manifest = engine.manifest
+    if out.manifest_path.exists():
+        longer = planned_elsewhere(read_manifest_file(out.manifest_path), manifest, str(out.root))
+        if longer:
+            raise ConfigError(longer)
     out.write_manifest(manifest)
     out.write_inputs(
         NodeInputs(
@@ -62,7 +73,9 @@ def train(s: TrainSettings) -> int:
             log=held_log,
         )
         examples = training_examples(plan, engine, s.local.shard_pair)
-        replica = Replica(engine, s.local.node, examples, batch_size=s.local.batch_size)
+        replica = Replica(
+            engine, s.local.node, examples, batch_size=batch_size_for(s.local.batch_size, manifest)
+        )
         snapshots.restore(replica, out.snapshots, session.log.held())
         replica.catch_up(session.log)
         return _train(s, replica, session, store, out)
@@ -88,7 +101,7 @@ def _train(s: TrainSettings, replica: Replica, session: Session, store: Any, out
         if eval_ex is None or history is None:
             return
         t_eval = time.monotonic()
-        figures = replica.evaluate(eval_ex, batch_size=s.local.batch_size * 4)
+        figures = replica.evaluate(eval_ex, batch_size=replica.batch_size * 4)
         point = point_of(figures, replica.vv, time.monotonic() - t_eval)
         history.add(point)
         curves.eval(point)
@@ -123,9 +136,14 @@ def _steps(
     # --steps is a total (what the directory should hold), so running the same command again
     # after a crash or Ctrl+C finishes the run instead of adding to it
     if start >= s.steps:
+        more = (
+            "the run is complete (its learning rate has decayed to 0)"
+            if engine.manifest.schedule == "decay"
+            else f"--steps {start + 100} would take 100 more"
+        )
         say(
             f"{out.root} already holds {start} steps of {node} (--steps {s.steps} is the total "
-            f"the run should hold): nothing to take; --steps {start + 100} would take 100 more"
+            f"the run should hold): nothing to take; {more}"
         )  # on stderr even with --json: what the command did not do
     elif start:
         say(
@@ -188,6 +206,7 @@ def _steps(
         "headroom_bits": cap.headroom.bits,
         "headroom_records": cap.headroom.records,
         "eval": evals,
+        "batch_size": replica.batch_size,
         "kernel": engine.backend.name,
         "device": str(engine.device),
     }
@@ -197,7 +216,8 @@ def _steps(
         if losses:
             say(
                 f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} over {taken} steps "
-                f"({summary['steps_per_s']:.1f} steps/s, {engine.backend.name} kernel on {engine.device})"
+                f"({summary['steps_per_s']:.1f} steps/s of {replica.batch_size} examples, "
+                f"{engine.backend.name} kernel on {engine.device})"
             )
         print(f"run {engine.run_id.hex()}  records {session.log.held_count()}  out {out.root}")
         print(f"fingerprint {cap.fingerprint}")

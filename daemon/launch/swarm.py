@@ -100,7 +100,7 @@ class Swarm:
 
     async def _prepare(self) -> Path:
         """Build the run's manifest once (loads the base model) and lay out the directories."""
-        from seedswarm.daemon.node.startup import open_engine, plan_run
+        from seedswarm.daemon.node.startup import open_engine, plan_run, planned_elsewhere
         from seedswarm.protocol.signing import NodeKey
 
         s = self.s
@@ -130,6 +130,9 @@ class Swarm:
         manifest_path = DataDir(base).manifest_path
         if manifest_path.exists():
             old = read_manifest_file(manifest_path)
+            longer = planned_elsewhere(old, manifest, str(base))
+            if longer:
+                raise ConfigError(longer)
             if old.run_id() != manifest.run_id():
                 raise ConfigError(
                     f"{base} holds another run (differs in: {', '.join(old.differences(manifest))}); "

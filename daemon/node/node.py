@@ -72,6 +72,7 @@ from .model_thread import ModelThread
 from .report import NodeReport, SessionReport, compose, pending
 from .snapshotter import Snapshotter
 from .startup import (
+    batch_size_for,
     held_out_examples,
     open_engine,
     plan_run,
@@ -156,7 +157,9 @@ class Node(Supervised):
         )
         held = session.log.held()
         examples = await self.model.run(training_examples, plan, engine, s.local.shard_pair)
-        self.replica = Replica(engine, self.me, examples, batch_size=s.local.batch_size)
+        self.replica = Replica(
+            engine, self.me, examples, batch_size=batch_size_for(s.local.batch_size, self.manifest)
+        )
         restored = await self.model.run(
             snapshots.restore, self.replica, self.datadir.snapshots, held
         )

@@ -257,7 +257,7 @@ class Trainer:
         if applied < self._eval_due:
             return
         point = await self.model.run(
-            evaluate, self.replica, self._eval_examples, self.settings.local.batch_size * 4
+            evaluate, self.replica, self._eval_examples, self.replica.batch_size * 4
         )
         point = dataclasses.replace(point, records=self._eval_due)  # the count nodes share
         await asyncio.to_thread(self.evals.add, point)

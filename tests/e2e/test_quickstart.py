@@ -94,7 +94,8 @@ def test_an_fzoo_swarm_ends_by_itself_and_steps_is_a_total(tmp_path: Path) -> No
     def run(steps: int) -> tuple[dict[str, Any], str]:
         proc = cli(
             "swarm", "--nodes", "2", "--steps", str(steps), "--estimator", "fzoo",
-            "--directions", str(k), "--dir", str(swarm), "--json", timeout=600,
+            "--directions", str(k), "--schedule", "constant", "--dir", str(swarm), "--json",
+            timeout=600,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         report: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -307,9 +307,10 @@ def test_status_log_and_eval_of_a_data_directory(tmp_path: Path) -> None:
 
 def test_train_steps_is_a_total_and_says_resuming(tmp_path: Path) -> None:
     """--steps is what the run directory should hold, with any estimator (FZOO writes K
-    records a step): the same command again takes nothing, a larger one takes the rest."""
+    records a step): the same command again takes nothing, a larger one takes the rest
+    (at a constant rate: an FZOO run's default decay ends at its plan, below)."""
     run = str(tmp_path / "run")
-    fz = ["--estimator", "fzoo", "--directions", "4"]
+    fz = ["--estimator", "fzoo", "--directions", "4", "--schedule", "constant"]
     first = cli_json("train", "--steps", "3", "--out", run, *fz)
     assert (first["steps"], first["records"]) == (3, 12)
     again = cli("train", "--steps", "3", "--out", run, *fz, check=True)
@@ -320,6 +321,36 @@ def test_train_steps_is_a_total_and_says_resuming(tmp_path: Path) -> None:
     summary = json.loads(more.stdout.strip().splitlines()[-1])
     assert (summary["steps"], summary["records"]) == (2, 20)
     assert summary["version_vector"] == {"n0": 20}
+
+
+def test_a_planned_fzoo_run_decays_and_then_is_complete(tmp_path: Path) -> None:
+    """train --steps plans an FZOO run's records, and --schedule auto decays its rate over
+    them: the same command again says the run is complete, a larger --steps is refused in
+    one line that says why and what to do, and the run directory is left as it was."""
+    run = tmp_path / "run"
+    fz = ["--estimator", "fzoo", "--directions", "2", "--out", str(run)]
+    first = cli_json("train", "--steps", "3", *fz)
+    manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["schedule"], manifest["budget"]) == ("decay", 6)
+    again = cli("train", "--steps", "3", *fz, check=True)
+    assert "nothing to take; the run is complete (its learning rate has decayed to 0)" in (
+        again.stderr
+    )
+    longer = cli("train", "--steps", "5", *fz)
+    assert longer.returncode == 2
+    said = (
+        f"seedswarm train: error: {run} holds a run planned for 6 records, whose learning rate "
+        "decays to 0 there (--schedule auto decays an FZOO run that --steps plans), so it cannot "
+        "take more steps: start a new run elsewhere, or plan with --schedule constant to be able "
+        "to raise --steps later"
+    )
+    assert longer.stderr.strip().splitlines() == [said], longer.stderr
+    assert cli_json("status", str(run))["version_vector"] == {"n0": 6}
+    assert cli_json("replay", str(run))["fingerprint"] == first["fingerprint"]
+    # a swarm in that directory is asked for a longer plan too (one node, 2 more steps)
+    swarm = cli("swarm", "--nodes", "1", "--steps", "5", "--dir", str(run), *fz[:4])
+    assert swarm.returncode == 2
+    assert "holds a run planned for 6 records" in swarm.stderr, swarm.stderr
 
 
 def test_log_export_and_import_rebuild_the_run_elsewhere(tmp_path: Path) -> None:

@@ -127,8 +127,14 @@ def test_the_decay_budget_is_given_or_planned_from_the_steps_a_command_plans() -
     assert _schedule(RunSettings(schedule="decay"), planned_steps=300, nodes=4) == ("decay", 1200)
     fzoo = RunSettings(schedule="decay", estimator="fzoo", directions=4)
     assert _schedule(fzoo, planned_steps=100, nodes=3) == ("decay", 1200)
-    # auto does not plan: only --schedule decay asks for it
-    assert _schedule(RunSettings(), planned_steps=300) == ("constant", 0)
+    # auto plans a decay for FZOO (normalised steps), not for SPSA, and only what is planned
+    assert _schedule(RunSettings(), planned_steps=300) == ("constant", 0)  # tiny: SPSA
+    auto_fzoo = RunSettings(estimator="fzoo", directions=4)
+    assert _schedule(auto_fzoo, planned_steps=100, nodes=3) == ("decay", 1200)
+    assert _schedule(auto_fzoo) == ("constant", 0)  # a node: nothing plans its records
+    assert _schedule(auto_fzoo, planned_steps=-1, nodes=3) == ("constant", 0)  # swarm, no end
+    constant = RunSettings(estimator="fzoo", directions=4, schedule="constant")
+    assert _schedule(constant, planned_steps=100) == ("constant", 0)
 
 
 def test_a_decay_with_nothing_to_plan_from_is_one_clear_error() -> None:
@@ -143,3 +149,21 @@ def test_train_plans_the_decay_from_its_steps(tmp_path: Path) -> None:
     got = cli("train", "--schedule", "decay", "--steps", "3", "--out", str(out), check=True)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert (manifest["schedule"], manifest["budget"]) == ("decay", 3), got.stderr
+
+
+def test_the_batch_size_follows_the_task_and_estimator_unless_given(tmp_path: Path) -> None:
+    """--batch-size 0 (the default): 64 examples a step for classification trained by FZOO,
+    whose one-label examples make small batches noisy (docs/LEARNING.md), 16 otherwise."""
+    data = tmp_path / "labelled.tsv"
+    data.write_text("sentence\tlabel\n" + "a fine day\t1\na dull day\t0\n" * 40, encoding="utf-8")
+    fzoo = ["--estimator", "fzoo", "--directions", "2"]
+    for flags, want in (
+        (fzoo, 64),
+        ([], 16),  # the tiny model's SPSA
+        ([*fzoo, "--batch-size", "5"], 5),
+        (["--data", "builtin:patterns", *fzoo], 16),  # text: each chunk carries seq_len losses
+    ):
+        out = tmp_path / f"run-{len(flags)}-{want}"
+        got = cli("train", "--data", str(data), "--steps", "1", "--out", str(out), "--json",
+                  *flags, check=True)  # fmt: skip
+        assert json.loads(got.stdout.strip().splitlines()[-1])["batch_size"] == want, flags
