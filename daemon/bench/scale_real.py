@@ -75,7 +75,8 @@ def run_real(
         sys.executable, "-m", "seedswarm.daemon.cli", "swarm", "--nodes", str(nodes),
         "--name", f"scale-s{seed}", "--model", s.model, "--data", s.data,
         "--dir", str(work / "swarm"), "--fresh", "--steps", str(steps),
-        "--batch-size", str(s.scale_batch), "--max-latency", str(s.scale_latency),
+        # the simulation's constant rate (swarm --steps would plan an FZOO run's decay)
+        "--schedule", "constant", "--batch-size", str(s.scale_batch), "--max-latency", str(s.scale_latency),
         "--torch-threads", "1", "--kernel", s.kernel, "--timeout", str(s.scale_real_timeout),
         "--json",
     ]  # fmt: skip
