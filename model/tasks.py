@@ -344,6 +344,16 @@ class TaskModel(torch.nn.Module):
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, num_labels) class scores."""
+        return self._scores(batch)
+
+    def classify_loss_with_grad(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The classification loss as a tensor autograd can differentiate (``loss`` and
+        ``logits`` run under no_grad): for first-order references and measurements (bench
+        learn's AdamW arm, bench noise), never for a zeroth-order step."""
+        with torch.enable_grad():
+            return F.cross_entropy(self._scores(batch).float(), batch["labels"])
+
+    def _scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         scorer = self.spec.scorer
         if scorer == "lm":

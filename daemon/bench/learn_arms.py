@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -240,8 +240,6 @@ def run_adamw_arm(arm: Arm, setup: Setup, s: LearnSettings) -> ArmResult:
         opt = torch.optim.AdamW(params, lr=arm.lr, weight_decay=0.0)
         startup_s = time.monotonic() - t_load
         notes = ArmNotes(trainable_params=sum(p.numel() for p in params))
-        # the undecorated forward (TaskModel.loss and .logits run under no_grad)
-        logits_fn: Callable[..., torch.Tensor] = getattr(type(tm).logits, "__wrapped__")  # noqa: B009
         held_bs = max(arm.batch_size * 4, 64)
         run_id = b"\0" * 8
 
@@ -257,8 +255,7 @@ def run_adamw_arm(arm: Arm, setup: Setup, s: LearnSettings) -> ArmResult:
             batch = tm.make_batch(setup.train.subset(idx))
             with torch.enable_grad():
                 if setup.classify:
-                    logits = logits_fn(tm, batch)
-                    loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
+                    loss = tm.classify_loss_with_grad(batch)
                 else:
                     ids = batch["input_ids"]
                     loss = tm.backbone(input_ids=ids, labels=ids).loss

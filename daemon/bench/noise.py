@@ -135,19 +135,14 @@ def _point(
 ) -> NoisePoint:
     tm = engine.task_model
     params = [p for _, p in engine.trainable]
-    # the undecorated forward (TaskModel.logits runs under no_grad)
-    logits_fn = getattr(type(tm).logits, "__wrapped__")  # noqa: B009
     grads, losses = [], []
     for p in params:
         p.requires_grad_(True)
     try:
         for idx in draws:
             batch = tm.make_batch(examples.subset(idx))
-            with torch.enable_grad():
-                loss = torch.nn.functional.cross_entropy(
-                    logits_fn(tm, batch).float(), batch["labels"]
-                )
-                gs = torch.autograd.grad(loss, params, allow_unused=True)
+            loss = tm.classify_loss_with_grad(batch)
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
             # a trainable tensor the scorer never reads (a pooler's bias) has gradient 0
             flat = [
                 (g if g is not None else torch.zeros_like(p)).reshape(-1)

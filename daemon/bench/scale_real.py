@@ -76,8 +76,8 @@ def run_real(
         "--name", f"scale-s{seed}", "--model", s.model, "--data", s.data,
         "--dir", str(work / "swarm"), "--fresh", "--steps", str(steps),
         # the simulation's constant rate (swarm --steps would plan an FZOO run's decay)
-        "--schedule", "constant", "--batch-size", str(s.scale_batch), "--max-latency", str(s.scale_latency),
-        "--torch-threads", "1", "--kernel", s.kernel, "--timeout", str(s.scale_real_timeout),
+        "--schedule", "constant", "--batch-size", str(s.scale_batch),
+        "--max-latency", str(s.scale_latency), "--torch-threads", "1", "--kernel", s.kernel, "--timeout", str(s.scale_real_timeout),
         "--json",
     ]  # fmt: skip
     try:
