@@ -46,6 +46,10 @@ def positive(v: Any) -> str | None:
     return None if v > 0 else "must be positive"
 
 
+def at_least_one(v: Any) -> str | None:
+    return None if v >= 1 else "must be at least 1 (1: no growth)"
+
+
 def non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must not be negative"
 

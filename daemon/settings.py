@@ -19,7 +19,7 @@ from seedswarm.protocol.ids import check_node_id
 from .addresses import BrokerAddress, check_device, parse_listen, parse_shard
 from .errors import ConfigError
 from .fields import build, options_of, setting
-from .options import KERNELS, non_negative, positive, steps_limit
+from .options import KERNELS, at_least_one, non_negative, positive, steps_limit
 from .run_settings import RunSettings
 
 # the names commands import from here, wherever they live
@@ -49,6 +49,13 @@ class LocalSettings:
         0,
         "examples per forward pass (0: 64 for a classification run trained by fzoo, else 16)",
         check=non_negative,
+        advanced=True,
+    )
+    batch_growth: float = setting(
+        1.0,
+        "grow the batch by up to this factor as a decaying rate falls (batch / rate fraction, "
+        "capped; 1: a fixed batch)",
+        check=at_least_one,
         advanced=True,
     )
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", advanced=True)
@@ -297,6 +304,13 @@ class SwarmSettings:
         0,
         "examples per forward pass (0: 64 for a classification run trained by fzoo, else 16)",
         check=non_negative,
+        advanced=True,
+    )
+    batch_growth: float = setting(
+        1.0,
+        "grow the batch by up to this factor as a decaying rate falls (batch / rate fraction, "
+        "capped; 1: a fixed batch)",
+        check=at_least_one,
         advanced=True,
     )
     device: str = setting("cpu", "device of every node: cpu, cuda, cuda:N, auto", advanced=True)

@@ -271,6 +271,12 @@ class Engine:
         """Forward passes of one step: 2 for SPSA, K + 1 for FZOO."""
         return 2 if self.manifest.estimator == "spsa" else self.manifest.directions + 1
 
+    def rate_fraction(self, held: int) -> float:
+        """The learning rate of a step on a model that holds ``held`` records, as a fraction
+        of the run's ``lr`` (1 for a constant schedule; 0 past a decay's budget)."""
+        m = self.manifest
+        return lr_at(1.0, m.schedule, m.budget, held)
+
     def step(
         self,
         seeds: Sequence[int],

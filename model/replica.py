@@ -17,6 +17,8 @@ Invariants:
   * ``step`` applies the pending peer records and takes the own step in the same passes over
     the weights; its records are seqs ``vv[me] .. vv[me] + K - 1`` (``K =
     engine.records_per_step``), each with its own seed, and the batch is drawn from the first.
+    Its size is the node's own (no part of a record's meaning): ``batch_size``, grown by up
+    to ``batch_growth`` as the run's rate decays (``grown_batch``).
   * ``load`` trusts a snapshot only if its weights hash to the fingerprint it came with; a
     snapshot that does not leaves the weights as they were.
 """
@@ -50,6 +52,7 @@ class StepOutcome:
     seconds: float
     vv: Mapping[str, int]  # what the model holds afterwards (a copy)
     headroom: Headroom  # how far the state is from the end of its exact range
+    examples: int  # the batch the step drew
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +69,21 @@ class Replica:
     """The model of node ``node``: ``engine`` on its grid, at version vector ``vv``."""
 
     def __init__(
-        self, engine: Engine, node: str, examples: Examples | None = None, *, batch_size: int = 16
+        self,
+        engine: Engine,
+        node: str,
+        examples: Examples | None = None,
+        *,
+        batch_size: int = 16,
+        batch_growth: float = 1.0,
     ) -> None:
+        if batch_growth < 1.0:
+            raise ValueError(f"batch_growth is at least 1, got {batch_growth}")
         self.engine = engine
         self.node = node
         self.examples = examples  # None: this replica only applies (replay, eval)
         self.batch_size = batch_size
+        self.batch_growth = batch_growth
         self._vv: dict[str, int] = {}
 
     @property
@@ -94,9 +106,10 @@ class Replica:
         first = self.next_own_seq
         e = self.engine
         seeds = [e.seed_of(self.node, first + i) for i in range(e.records_per_step)]
-        idx = sample_batch(seeds[0], len(self.examples), self.batch_size)
-        batch = e.task_model.make_batch(self.examples.subset(idx))
         held = sum(self._vv.values()) + len(pending)  # what the step's view holds
+        size = self.batch_at(held)
+        idx = sample_batch(seeds[0], len(self.examples), size)
+        batch = e.task_model.make_batch(self.examples.subset(idx))
         result = e.step(seeds, batch, pending, held=held)
         _advance(self._vv, pending)
         self._vv[self.node] = first + len(result.qs)
@@ -108,7 +121,14 @@ class Replica:
             time.monotonic() - t0,
             self.vv,
             e.headroom(),
+            size,
         )
+
+    def batch_at(self, held: int) -> int:
+        """The examples of a step taken on a model that holds ``held`` records."""
+        if self.batch_growth == 1.0:
+            return self.batch_size
+        return grown_batch(self.batch_size, self.batch_growth, self.engine.rate_fraction(held))
 
     def apply(self, records: Sequence[Record], *, batch: int = 256) -> Mapping[str, int]:
         """Apply peer records (contiguous per node, continuing ``vv``); returns the new vv."""
@@ -186,6 +206,18 @@ class Replica:
 
     def evaluate(self, examples: Examples, *, batch_size: int = 64) -> dict[str, float]:
         return self.engine.evaluate(examples, batch_size=batch_size)
+
+
+def grown_batch(base: int, growth: float, fraction: float) -> int:
+    """The batch of a step whose learning rate is ``fraction`` of the run's peak: ``base``
+    examples times ``min(growth, 1 / fraction)`` (to a multiple of 8 once ``base`` is 8 or
+    more), so that as a decaying rate settles the weights the sampling noise in each record
+    falls with it (docs/LEARNING.md, "A batch that grows"). A node's own choice: no byte on
+    the wire, and replay never draws a batch."""
+    factor = growth if fraction * growth <= 1.0 else 1.0 / fraction
+    size = base * factor
+    grain = 8 if base >= 8 else 1
+    return max(base, min(int(base * growth), grain * round(size / grain)))
 
 
 def pending_records(

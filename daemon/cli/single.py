@@ -74,7 +74,11 @@ def train(s: TrainSettings) -> int:
         )
         examples = training_examples(plan, engine, s.local.shard_pair)
         replica = Replica(
-            engine, s.local.node, examples, batch_size=batch_size_for(s.local.batch_size, manifest)
+            engine,
+            s.local.node,
+            examples,
+            batch_size=batch_size_for(s.local.batch_size, manifest),
+            batch_growth=s.local.batch_growth,
         )
         snapshots.restore(replica, out.snapshots, session.log.held())
         replica.catch_up(session.log)
@@ -207,6 +211,7 @@ def _steps(
         "headroom_records": cap.headroom.records,
         "eval": evals,
         "batch_size": replica.batch_size,
+        "batch_growth": replica.batch_growth,
         "kernel": engine.backend.name,
         "device": str(engine.device),
     }
@@ -216,7 +221,7 @@ def _steps(
         if losses:
             say(
                 f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} over {taken} steps "
-                f"({summary['steps_per_s']:.1f} steps/s of {replica.batch_size} examples, "
+                f"({summary['steps_per_s']:.1f} steps/s of {_examples(replica)} examples, "
                 f"{engine.backend.name} kernel on {engine.device})"
             )
         print(f"run {engine.run_id.hex()}  records {session.log.held_count()}  out {out.root}")
@@ -245,6 +250,12 @@ def _eval_data(s: EvalSettings, run_dir: DataDir) -> tuple[str, int]:
 
 
 EVAL_PART_BATCHES = 8  # batches evaluated between two progress reports
+
+
+def _examples(replica: Replica) -> str:
+    """A step's batch: its size, or the range a growing batch spans."""
+    most = replica.batch_at(1 << 62)  # past any budget: the largest it grows to
+    return str(most) if most == replica.batch_size else f"{replica.batch_size}-{most}"
 
 
 def _evaluate_in_parts(

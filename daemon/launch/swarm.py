@@ -219,6 +219,8 @@ class Swarm:
                 str(s.steps),
                 "--batch-size",
                 str(s.batch_size),
+                "--batch-growth",
+                str(s.batch_growth),
                 "--device",
                 s.device,
                 "--kernel",

@@ -158,7 +158,11 @@ class Node(Supervised):
         held = session.log.held()
         examples = await self.model.run(training_examples, plan, engine, s.local.shard_pair)
         self.replica = Replica(
-            engine, self.me, examples, batch_size=batch_size_for(s.local.batch_size, self.manifest)
+            engine,
+            self.me,
+            examples,
+            batch_size=batch_size_for(s.local.batch_size, self.manifest),
+            batch_growth=s.local.batch_growth,
         )
         restored = await self.model.run(
             snapshots.restore, self.replica, self.datadir.snapshots, held

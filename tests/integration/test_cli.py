@@ -166,6 +166,11 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
 ONE_LINE_ERRORS = [
     (["train", "--steps", "5"], "train needs --out"),
     (["train", "--out", "{tmp}/x", "--steps", "-3"], "--steps: -3 must not be negative"),
+    (
+        ["train", "--out", "{tmp}/x", "--batch-growth", "0.5"],
+        "--batch-growth: 0.5 must be at least 1",
+    ),
+    (["swarm", "--batch-growth", "0"], "--batch-growth: 0.0 must be at least 1"),
     (["train", "--out", "{tmp}/x", "--data", "{tmp}/missing.txt"], "does not exist"),
     (["train", "--out", "{tmp}/x", "--data", "{tmp}/data.xml"], "unsupported data format"),
     (["train", "--out", "{tmp}/x", "--device", "cuda:0"], "no CUDA device"),

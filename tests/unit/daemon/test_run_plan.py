@@ -167,3 +167,17 @@ def test_the_batch_size_follows_the_task_and_estimator_unless_given(tmp_path: Pa
         got = cli("train", "--data", str(data), "--steps", "1", "--out", str(out), "--json",
                   *flags, check=True)  # fmt: skip
         assert json.loads(got.stdout.strip().splitlines()[-1])["batch_size"] == want, flags
+
+
+def test_a_growing_batch_is_the_hosts_choice_and_its_records_replay(tmp_path: Path) -> None:
+    """--batch-growth 4 on a decayed FZOO run: the batch grows from 64 towards 256 as the rate
+    falls (train says so), and the log replays to the fingerprint train printed."""
+    data = tmp_path / "labelled.tsv"
+    data.write_text("sentence\tlabel\n" + "a fine day\t1\na dull day\t0\n" * 40, encoding="utf-8")
+    out = tmp_path / "run"
+    got = cli("train", "--data", str(data), "--estimator", "fzoo", "--directions", "2",
+              "--steps", "3", "--batch-growth", "4", "--out", str(out), check=True)  # fmt: skip
+    assert "steps/s of 64-256 examples" in got.stderr + got.stdout, got.stderr
+    fingerprint = got.stdout.strip().splitlines()[-1].removeprefix("fingerprint ")
+    replayed = cli("replay", str(out), "--json", check=True)
+    assert json.loads(replayed.stdout.strip().splitlines()[-1])["fingerprint"] == fingerprint

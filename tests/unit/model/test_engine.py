@@ -467,3 +467,39 @@ def test_a_decaying_rate_folds_into_the_bytes_and_ends_at_the_budget(chunks: Exa
     assert quantize_gradient(40.0, lr=lr_at(3e-3, "decay", 12, 6), unit_exp=-12, seed=seed) == (
         quantize_gradient(20.0, lr=3e-3, unit_exp=-12, seed=seed)
     )
+
+
+def test_a_growing_batch_follows_the_decaying_rate(chunks: Examples) -> None:
+    """``batch_growth``: a step's batch is ``batch_size / rate fraction``, capped at
+    ``batch_size * growth`` (to a multiple of 8 once it is 8 or more); the records mean what
+    they meant, so a replica that only applies them reaches the same weights."""
+    from seedswarm.model.replica import Replica, grown_batch
+    from seedswarm.protocol.records import Record
+
+    assert [grown_batch(64, 4.0, f) for f in (1.0, 0.8, 0.5, 0.3, 0.25, 0.1, 0.0)] == [
+        64, 80, 128, 216, 256, 256, 256,
+    ]  # fmt: skip
+    assert (grown_batch(64, 1.5, 0.0), grown_batch(2, 4.0, 0.5), grown_batch(5, 2.0, 0.0)) == (
+        96, 4, 10,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="at least 1"):
+        Replica(tiny_engine(), "me", chunks, batch_size=8, batch_growth=0.5)
+
+    hyper = Hyper(lr=3e-3, unit_exp=-12, schedule="decay", budget=10)
+    stepper = Replica(tiny_engine(hyper=hyper), "me", chunks, batch_size=4, batch_growth=3.0)
+    sizes, records = [], []
+    for _ in range(12):
+        want = grown_batch(4, 3.0, stepper.engine.rate_fraction(sum(stepper.vv.values())))
+        out = stepper.step()
+        assert out.examples == want
+        sizes.append(out.examples)
+        records.append(Record("me", out.first_seq, out.qs[0], 0))
+    assert (sizes[0], sizes[-2:]) == (4, [12, 12])
+    assert sizes == sorted(sizes)
+    assert len(set(sizes)) > 2  # it grew through sizes between, not in one jump
+    replayer = Replica(tiny_engine(hyper=hyper), "replay")
+    replayer.apply(records)
+    assert replayer.fingerprint() == stepper.fingerprint()
+
+    constant = Replica(tiny_engine(), "me", chunks, batch_size=8, batch_growth=2.0)
+    assert {constant.step().examples for _ in range(3)} == {8}  # no decay, no growth
