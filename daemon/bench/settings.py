@@ -170,6 +170,11 @@ class BenchSettings:
         200, "noise: batch gradients averaged at each point", check=_at_least_two
     )
     noise_sizes: str = setting("16,32,64,128", "noise: batch sizes to report")
+    noise_groups: bool = setting(
+        False,
+        "noise: also per group of trainable tensors (layers folded): gradient, noise and "
+        "curvature (Hutchinson, 3 backprops a batch), and what leaving each group out would do",
+    )
     adapter: str = setting(
         "none",
         "step, apply: train a LoRA adapter on the model instead of its weights (none or lora)",

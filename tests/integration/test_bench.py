@@ -325,6 +325,16 @@ def test_bench_noise_measures_the_batch_noise_of_a_run(tmp_path: Path) -> None:
         assert math.isclose(p["ratios"]["4"], 1.0, abs_tol=1e-9)
     text = cli("bench", "noise", "--noise-run", str(run), "--noise-batches", "3", check=True)
     assert "E||g_B||^2 / ||g||^2" in text.stdout
+    assert "by group" not in text.stdout
+    grouped = cli_json("bench", "noise", "--noise-run", str(run), "--noise-batches", "3",
+                       "--noise-groups")  # fmt: skip
+    for p in grouped["points"]:  # the groups split the run's trainable weights and figures
+        assert sum(g["weights"] for g in p["groups"]) == grouped["trainable"]
+        assert math.isclose(sum(g["noise_sq"] for g in p["groups"]), p["noise_sq"], rel_tol=1e-9)
+        assert math.isclose(sum(g["grad_sq"] for g in p["groups"]), p["grad_sq"], rel_tol=1e-6,
+                            abs_tol=1e-12)  # fmt: skip
+        # the tiny GPT-2's blocks fold into one group a tensor: transformer.h.*.ln_1.weight
+        assert "transformer.h.*.ln_1.weight" in {g["group"] for g in p["groups"]}
 
 
 def test_bench_noise_says_what_it_needs() -> None:
