@@ -22,6 +22,7 @@ from seedswarm.daemon.node.curves import Curves
 from seedswarm.daemon.node.evaluation import EVALS, EvalHistory, point_of
 from seedswarm.daemon.node.startup import (
     batch_size_for,
+    check_batch_growth,
     open_engine,
     plan_run,
     planned_elsewhere,
@@ -49,6 +50,7 @@ def train(s: TrainSettings) -> int:
     engine = open_engine(plan, s.run, device=device, kernel=s.local.kernel)
     engine.task_model.amp_dtype = torch.bfloat16 if s.local.amp and device != "cpu" else None
     manifest = engine.manifest
+    check_batch_growth(s.local.batch_growth, manifest)
     if out.manifest_path.exists():
         longer = planned_elsewhere(read_manifest_file(out.manifest_path), manifest, str(out.root))
         if longer:

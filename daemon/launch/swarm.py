@@ -100,7 +100,12 @@ class Swarm:
 
     async def _prepare(self) -> Path:
         """Build the run's manifest once (loads the base model) and lay out the directories."""
-        from seedswarm.daemon.node.startup import open_engine, plan_run, planned_elsewhere
+        from seedswarm.daemon.node.startup import (
+            check_batch_growth,
+            open_engine,
+            plan_run,
+            planned_elsewhere,
+        )
         from seedswarm.protocol.signing import NodeKey
 
         s = self.s
@@ -127,6 +132,7 @@ class Swarm:
             open_engine, plan, s.run, device="cpu", kernel="torch", keys=tuple(keys)
         )
         manifest = engine.manifest
+        check_batch_growth(s.batch_growth, manifest)
         manifest_path = DataDir(base).manifest_path
         if manifest_path.exists():
             old = read_manifest_file(manifest_path)

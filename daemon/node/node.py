@@ -73,6 +73,7 @@ from .report import NodeReport, SessionReport, compose, pending
 from .snapshotter import Snapshotter
 from .startup import (
     batch_size_for,
+    check_batch_growth,
     held_out_examples,
     open_engine,
     plan_run,
@@ -131,6 +132,7 @@ class Node(Supervised):
         )  # fmt: skip
         engine.task_model.amp_dtype = torch.bfloat16 if s.local.amp and device != "cpu" else None
         self.manifest = engine.manifest
+        check_batch_growth(s.local.batch_growth, self.manifest)
         key = load_key(self.manifest, self.me, s.key_file)
         if key is None and s.key_file:
             log.warning("the run is in open mode (no keys in the manifest); --key-file is unused")

@@ -283,6 +283,17 @@ def batch_size_for(asked: int, manifest: Manifest) -> int:
     return DEFAULT_BATCH
 
 
+def check_batch_growth(growth: float, manifest: Manifest) -> None:
+    """Refuse ``--batch-growth`` above 1 on a run whose rate never decays: the batch grows as
+    the rate falls (model.replica.grown_batch), so there it would never grow."""
+    if growth > 1.0 and manifest.schedule != "decay":
+        raise ConfigError(
+            f"--batch-growth {growth:g} grows the batch as a decaying rate falls, and this run's "
+            f"rate is constant: plan a decay (--steps with train or swarm, or --schedule decay "
+            f"--budget RECORDS), or leave --batch-growth at 1"
+        )
+
+
 def planned_elsewhere(existing: Manifest, wanted: Manifest, place: str) -> str | None:
     """What to say when a directory's decayed run is asked for a longer plan (``--steps``
     raised), or None when that is not why the two manifests differ. A decay plans its

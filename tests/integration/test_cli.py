@@ -171,6 +171,7 @@ ONE_LINE_ERRORS = [
         "--batch-growth: 0.5 must be at least 1",
     ),
     (["swarm", "--batch-growth", "0"], "--batch-growth: 0.0 must be at least 1"),
+    (["train", "--out", "{tmp}/x", "--batch-growth", "2"], "and this run's rate is constant"),
     (["train", "--out", "{tmp}/x", "--data", "{tmp}/missing.txt"], "does not exist"),
     (["train", "--out", "{tmp}/x", "--data", "{tmp}/data.xml"], "unsupported data format"),
     (["train", "--out", "{tmp}/x", "--device", "cuda:0"], "no CUDA device"),
