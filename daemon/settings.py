@@ -40,6 +40,18 @@ __all__ = [
 ]
 
 
+def _batch_growth() -> float:
+    """``--batch-growth``, the same option for one node and for a swarm's nodes."""
+    growth: float = setting(
+        1.0,
+        "grow the batch by up to this factor as a decaying rate falls (batch / rate fraction, "
+        "capped; 1: a fixed batch)",
+        check=at_least_one,
+        advanced=True,
+    )
+    return growth
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalSettings:
     """This host's part of a run: who it is, its shard of the data, its hardware."""
@@ -51,13 +63,7 @@ class LocalSettings:
         check=non_negative,
         advanced=True,
     )
-    batch_growth: float = setting(
-        1.0,
-        "grow the batch by up to this factor as a decaying rate falls (batch / rate fraction, "
-        "capped; 1: a fixed batch)",
-        check=at_least_one,
-        advanced=True,
-    )
+    batch_growth: float = _batch_growth()
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", advanced=True)
     kernel: str = setting(
         "auto", "sign/apply kernel: " + ", ".join(KERNELS), choices=KERNELS, advanced=True
@@ -306,13 +312,7 @@ class SwarmSettings:
         check=non_negative,
         advanced=True,
     )
-    batch_growth: float = setting(
-        1.0,
-        "grow the batch by up to this factor as a decaying rate falls (batch / rate fraction, "
-        "capped; 1: a fixed batch)",
-        check=at_least_one,
-        advanced=True,
-    )
+    batch_growth: float = _batch_growth()
     device: str = setting("cpu", "device of every node: cpu, cuda, cuda:N, auto", advanced=True)
     kernel: str = setting(
         "auto", "sign/apply kernel: " + ", ".join(KERNELS), choices=KERNELS, advanced=True
