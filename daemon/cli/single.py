@@ -3,15 +3,19 @@
 ``train`` writes exactly what a swarm node writes (manifest, SQLite log, snapshots), through
 the same parts: the replica's step loop (model/replica.py) makes the records and the session
 (protocol/session.py) seals them into frames, so its run directory can be replayed, inspected,
-or used as a node's data directory.
+or used as a node's data directory. Ctrl+C or SIGTERM stops ``train`` at the end of a step with
+every finished step's records stored (``StopAtStepEnd``); the same command resumes.
 """
 
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 import torch
@@ -170,22 +174,31 @@ def _steps(
             session.stored(sealed)
             pending.clear()
 
-    while steps_done() < s.steps:
-        outcome = replica.step()
-        pending.extend(outcome.qs)
-        losses.append(outcome.loss)
-        curves.train(steps_done(), outcome.loss, unix_time=time.time())
-        if len(pending) >= s.frame_records:
-            flush()
-        done = steps_done()
-        progress.update(done, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", q=outcome.qs[0])
-        if s.eval_every and done % s.eval_every == 0 and done < s.steps:
-            evaluate(done)
-    flush()
+    stop = StopAtStepEnd()
+    with stop:
+        while steps_done() < s.steps and not stop.signal:
+            outcome = replica.step()
+            pending.extend(outcome.qs)
+            losses.append(outcome.loss)
+            curves.train(steps_done(), outcome.loss, unix_time=time.time())
+            if len(pending) >= s.frame_records:
+                flush()
+            done = steps_done()
+            progress.update(
+                done, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", q=outcome.qs[0]
+            )
+            if s.eval_every and done % s.eval_every == 0 and done < s.steps:
+                evaluate(done)
+    flush()  # every finished step's records, before anything else (a signal stop included)
     progress.close()
     elapsed = time.monotonic() - t_steps
     taken = steps_done() - start
-    if taken:
+    if stop.signal:
+        say(
+            f"stopped by {stop.signal} after step {steps_done()} of {s.steps}, its records stored: "
+            f"the same command resumes the run"
+        )
+    elif taken:
         evaluate(steps_done())
     cap = replica.capture()
     snapshots.save(
@@ -202,6 +215,7 @@ def _steps(
         "run_id": engine.run_id.hex(),
         "node": node,
         "steps": taken,
+        "complete": steps_done() >= s.steps,
         "records": session.log.held_count(),
         "version_vector": vv,
         "vv_digest": digest(vv),
@@ -229,6 +243,44 @@ def _steps(
         print(f"run {engine.run_id.hex()}  records {session.log.held_count()}  out {out.root}")
         print(f"fingerprint {cap.fingerprint}")
     return 0
+
+
+class StopAtStepEnd:
+    """The first SIGINT (Ctrl+C) or SIGTERM (``kill``, ``timeout``) asks ``train`` to stop at the
+    end of the step it is taking: the records of every finished step are then sealed and stored
+    and a snapshot saved, so the same command resumes with nothing lost. The signal's previous
+    handler is back from then on, so a second one has its usual effect at once (Ctrl+C:
+    "interrupted"; SIGTERM: the process ends); that loses only records not yet stored (the log
+    stays whole: the same command still resumes, from the last stored frame). Outside the main
+    thread (a test calling ``train`` from a worker) signals are left alone."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal = ""  # the signal's name once one came
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _on(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> StopAtStepEnd:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._on) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._restore()
 
 
 def _eval_data(s: EvalSettings, run_dir: DataDir) -> tuple[str, int]:

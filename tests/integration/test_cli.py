@@ -7,6 +7,7 @@ eval, settings from flags / environment / config file, and one-line errors.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from seedswarm.daemon.store.log_store import Stored
 from seedswarm.protocol.codec import encode_frame
 from seedswarm.protocol.records import Frame
 
-from ..helpers import cli, cli_json, cli_json_all, env
+from ..helpers import cli, cli_json, cli_json_all, env, signalled_cli
 
 pytestmark = [pytest.mark.slow]
 
@@ -327,6 +328,41 @@ def test_train_steps_is_a_total_and_says_resuming(tmp_path: Path) -> None:
     summary = json.loads(more.stdout.strip().splitlines()[-1])
     assert (summary["steps"], summary["records"]) == (2, 20)
     assert summary["version_vector"] == {"n0": 20}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_a_signal_stops_train_at_a_step_end_with_every_record_stored(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl+C or kill stops train at the end of a step: the records of every finished step are
+    stored even though none had filled a frame yet (--frame-records is larger than the run
+    gets), the snapshot matches the log, and the same command resumes where it stopped."""
+    run, text = tmp_path / "run", tmp_path / "held_out.txt"
+    text.write_text("the cat sees the ball.\na dog likes the river.\n" * 10)
+    args = ["train", "--steps", "100000", "--out", str(run), "--frame-records", "100000",
+            "--schedule", "constant", "--eval", str(text), "--eval-every", "5"]  # fmt: skip
+    evals = run / "evals.jsonl"
+
+    def two_evals(_: subprocess.Popen[str]) -> bool:  # step 0's and step 5's: 5 steps taken
+        return evals.exists() and len(evals.read_text(encoding="utf-8").splitlines()) >= 2
+
+    ended = signalled_cli(
+        *args, "--json", ready=two_evals, what="two evals", sig=sig,
+        ready_timeout=300, exit_timeout=120,
+    )  # fmt: skip
+    assert ended.returncode == 0, ended.stderr
+    summary = json.loads(ended.stdout.strip().splitlines()[-1])
+    taken = summary["steps"]
+    assert taken >= 5
+    assert summary["complete"] is False
+    said = f"stopped by {sig.name} after step {taken} of 100000, its records stored"
+    assert said in ended.stderr, ended.stderr
+    assert summary["records"] == taken == len(_records(run))  # one record a step (SPSA)
+    replayed = cli_json("replay", str(run))
+    assert replayed["fingerprint"] == summary["fingerprint"]
+    assert replayed["matches_snapshot"] is True
+    more = cli("train", *args[1:2], str(taken + 2), *args[3:], check=True)
+    assert f"resuming from step {taken} in {run}: 2 more" in more.stderr, more.stderr
 
 
 def test_a_planned_fzoo_run_decays_and_then_is_complete(tmp_path: Path) -> None:
