@@ -56,7 +56,9 @@ def show_status(s: ClientSettings) -> int:
     print(
         f"steps {st.steps.taken}"
         f"{'/' + str(st.steps.limit) if st.steps.limit >= 0 else ''}"
-        f"  {st.steps.per_s:.2f} steps/s  {st.records_per_s:.1f} records/s"
+        f"  {st.steps.per_s:.2f} steps/s"
+        f"{'' if st.steps.examples is None else f' of {st.steps.examples} examples'}"
+        f"  {st.records_per_s:.1f} records/s"
         f"  loss {'-' if loss is None else f'{loss:.4f}'}"
     )
     b = st.broker

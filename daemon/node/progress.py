@@ -29,14 +29,18 @@ class Stats:
     restored_records: int = 0  # at start-up, from a snapshot
     replayed_records: int = 0  # at start-up, from the log past the snapshot
     headroom: Headroom | None = None  # of the state, from every pass (model/grid.py)
+    examples: int | None = None  # the batch the last own step drew
 
     # (unix time, own records so far, loss, records applied) of the last HISTORY own steps
     history: deque[tuple[float, int, float, int]] = field(
         default_factory=lambda: deque(maxlen=HISTORY)
     )
 
-    def record_step(self, loss: float, seconds: float, own: int = 0, applied: int = 0) -> None:
+    def record_step(
+        self, loss: float, seconds: float, own: int = 0, applied: int = 0, examples: int = 0
+    ) -> None:
         self.steps += 1
+        self.examples = examples or self.examples
         self.losses.append(loss)
         self.step_times.append(seconds)
         self.history.append((time.time(), own, loss, applied))

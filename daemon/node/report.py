@@ -128,6 +128,7 @@ def compose(r: NodeReport) -> NodeStatus:
             done=0 <= t.max_steps <= t.own_steps,
             per_s=t.step_rate,
             seconds_each=t.seconds_each,
+            examples=t.examples,
         ),
         records_per_s=t.record_rate,
         loss=LossStatus(recent=t.loss_recent, first=t.loss_first),

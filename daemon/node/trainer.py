@@ -58,6 +58,7 @@ class TrainerStatistics:
     step_rate: float  # own steps per second, recently
     record_rate: float  # records applied per second, recently
     seconds_each: float | None  # mean duration of the recent steps
+    examples: int | None  # the batch the last own step drew (None before one)
     loss_recent: float | None
     loss_first: float | None
     restored_records: int  # at start-up, from a snapshot
@@ -213,6 +214,7 @@ class Trainer:
                 outcome.seconds,
                 own=self.own_steps,
                 applied=sum(self.applied.values()),
+                examples=outcome.examples,
             )
             if self.curves is not None:
                 self.curves.train(self.own_steps, outcome.loss, unix_time=time.time())
@@ -304,6 +306,7 @@ class Trainer:
             step_rate=step_rate,
             record_rate=record_rate,
             seconds_each=sum(times) / len(times) if times else None,
+            examples=s.examples,
             loss_recent=s.recent_loss(),
             loss_first=s.first_loss,
             restored_records=s.restored_records,

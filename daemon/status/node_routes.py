@@ -89,6 +89,12 @@ class _Collector:
         yield counter(
             "seedswarm_steps", "ZO steps taken by this node (this session)", st.steps.this_session
         )
+        if st.steps.examples is not None:
+            yield gauge(
+                "seedswarm_step_examples",
+                "examples the last own step drew (grows with --batch-growth)",
+                st.steps.examples,
+            )
         yield gauge(
             "seedswarm_records_applied", "records applied to the local model", st.records.applied
         )

@@ -49,6 +49,7 @@ class StepsStatus:
     done: bool
     per_s: float
     seconds_each: float | None
+    examples: int | None  # the batch of the last own step (it grows with --batch-growth)
 
 
 @dataclass(frozen=True, slots=True)

@@ -246,7 +246,7 @@ def test_the_dashboard_of_a_training_swarm(chromium: Browser, tmp_path: Path) ->
             check_fields(seen["own"], st, "this node")
             paths = {tuple(f["path"]) for f in seen["own"]}
             for needed in [
-                ("steps", "taken"), ("steps", "per_s"), ("records", "applied"),
+                ("steps", "taken"), ("steps", "per_s"), ("steps", "examples"), ("records", "applied"),
                 ("records_per_s",), ("loss", "recent"), ("eval", "accuracy"), ("eval", "loss"),
                 ("eval", "records"), ("vv_digest",), ("fingerprint",), ("headroom_bits",),
                 ("dropped_total",), ("version_vector", "n0"), ("peers", 0, "lag"),

@@ -26,6 +26,7 @@ from seedswarm.protocol.signing import NodeKey
 from ..helpers import (
     Broker,
     NodeProc,
+    cli,
     converged,
     free_port,
     get_text,
@@ -258,6 +259,9 @@ def test_node_settings_from_a_config_file_and_the_environment(
         # rates over the last 30 s: the six steps were just taken
         assert st["steps"]["per_s"] > 0
         assert st["steps"]["seconds_each"] > 0
+        assert st["steps"]["examples"] == 2  # batch_size from the file: what a step drew
+        assert 'seedswarm_step_examples{node="from-file"} 2.0' in get_text(node.url + "/metrics")[1]
+        assert "steps/s of 2 examples" in cli("status", node.url, check=True).stdout
         assert st["records_per_s"] > 0
         assert node.stop() == 0
     bad = tmp_path / "bad.toml"

@@ -17,6 +17,8 @@ from seedswarm.daemon.node.node import Node
 from seedswarm.daemon.settings import LocalSettings, MqttSettings, NodeSettings, RunSettings
 from seedswarm.daemon.status.schema import NodeStatus
 from seedswarm.daemon.transport.memory import MemoryBus, MemoryTransport
+from seedswarm.model.replica import grown_batch
+from seedswarm.protocol.schedule import lr_at
 
 pytestmark = pytest.mark.asyncio
 
@@ -29,12 +31,26 @@ def _bus(tmp_path: Path) -> MemoryBus:
 
 
 def _node(
-    bus: MemoryBus, tmp_path: Path, name: str, i: int, n: int, run: RunSettings | None = None
+    bus: MemoryBus,
+    tmp_path: Path,
+    name: str,
+    i: int,
+    n: int,
+    run: RunSettings | None = None,
+    *,
+    batch_size: int = 4,
+    batch_growth: float = 1.0,
 ) -> Node:
     settings = NodeSettings(
         mqtt=MqttSettings(broker=f"memory://{bus.name}"),
         run=run or RunSettings(name="mem"),
-        local=LocalSettings(node=name, shard=f"{i}/{n}", batch_size=4, kernel="torch"),
+        local=LocalSettings(
+            node=name,
+            shard=f"{i}/{n}",
+            batch_size=batch_size,
+            batch_growth=batch_growth,
+            kernel="torch",
+        ),
         data_dir=str(tmp_path / name),
         http="127.0.0.1:0",
         steps=STEPS,
@@ -169,3 +185,22 @@ async def test_a_restarted_node_that_applied_new_records_stops_with_a_snapshot(
         for n in (a, last, newcomer):
             n.request_stop()
     assert (run_a.result(), run_new.result(), run_last.result()) == (0, 0, 0)
+
+
+async def test_a_nodes_status_shows_the_batch_its_last_step_drew(tmp_path: Path) -> None:
+    """--batch-growth on a decayed run: the node's status says how many examples its last step
+    drew, which has grown past --batch-size as the rate fell (the size train prints a range
+    of, and the dashboard and /metrics show)."""
+    bus = _bus(tmp_path)
+    run = RunSettings(name="mem-grow", estimator="fzoo", directions=2, schedule="decay",
+                      budget=2 * STEPS)  # fmt: skip
+    node = _node(bus, tmp_path, "n0", 0, 1, run, batch_size=8, batch_growth=4.0)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(node.run(signals=False))
+        (st,) = await _until_agreed([node], {"n0": 2 * STEPS})
+        node.request_stop()
+    assert task.result() == 0
+    assert st.steps.done
+    # the last step was taken on a model holding all but its own 2 records
+    fraction = lr_at(1.0, "decay", 2 * STEPS, 2 * STEPS - 2)
+    assert st.steps.examples == grown_batch(8, 4.0, fraction) == 32
