@@ -84,6 +84,12 @@ def cli_json_all(*commands: tuple[str, ...], timeout: float = 600) -> list[dict[
         return list(pool.map(lambda args: cli_json(*args, timeout=timeout), commands))
 
 
+_SIGINT_AT_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'seedswarm.daemon.cli', *sys.argv[1:]])"
+)
+
+
 def signalled_cli(
     *args: str,
     ready: Callable[[subprocess.Popen[str]], bool],
@@ -94,9 +100,11 @@ def signalled_cli(
     interval: float = 0.25,
 ) -> subprocess.CompletedProcess[str]:
     """Start ``seedswarm ARGS``, wait until ``ready(proc)``, send it ``sig`` (as a user's
-    Ctrl-C or ``kill``), and return how it ended; killed if it outlives ``exit_timeout``."""
+    Ctrl-C or ``kill``), and return how it ended; killed if it outlives ``exit_timeout``.
+    The command starts with SIGINT at its default, as from a terminal, even where the tests
+    run as a background job (which a shell starts with SIGINT ignored, and a child inherits)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "seedswarm.daemon.cli", *args],
+        [sys.executable, "-c", _SIGINT_AT_DEFAULT, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
     try:

@@ -187,13 +187,14 @@ def _steps(
             progress.update(
                 done, loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", q=outcome.qs[0]
             )
-            if s.eval_every and done % s.eval_every == 0 and done < s.steps:
-                evaluate(done)
+            if s.eval_every and done % s.eval_every == 0 and done < s.steps and not stop.signal:
+                evaluate(done)  # not once asked to stop: the resumed run evaluates at its start
     flush()  # every finished step's records, before anything else (a signal stop included)
     progress.close()
     elapsed = time.monotonic() - t_steps
     taken = steps_done() - start
-    if stop.signal:
+    stopped = stop.signal and steps_done() < s.steps  # (a signal after the last step: done)
+    if stopped:
         say(
             f"stopped by {stop.signal} after step {steps_done()} of {s.steps}, its records stored: "
             f"the same command resumes the run"
@@ -242,17 +243,21 @@ def _steps(
             )
         print(f"run {engine.run_id.hex()}  records {session.log.held_count()}  out {out.root}")
         print(f"fingerprint {cap.fingerprint}")
-    return 0
+    # stopped by a signal: 128 + its number, as a shell reports a command a signal ended, so
+    # that `train ... && eval ...` or a loop of runs does not go on as if the run were whole
+    return 128 + signal.Signals[stop.signal] if stopped else 0
 
 
 class StopAtStepEnd:
     """The first SIGINT (Ctrl+C) or SIGTERM (``kill``, ``timeout``) asks ``train`` to stop at the
     end of the step it is taking: the records of every finished step are then sealed and stored
-    and a snapshot saved, so the same command resumes with nothing lost. The signal's previous
-    handler is back from then on, so a second one has its usual effect at once (Ctrl+C:
-    "interrupted"; SIGTERM: the process ends); that loses only records not yet stored (the log
-    stays whole: the same command still resumes, from the last stored frame). Outside the main
-    thread (a test calling ``train`` from a worker) signals are left alone."""
+    and a snapshot saved, so the same command resumes with nothing lost (the exit code is then
+    128 + the signal's number, as for a command the signal ended). The previous handlers are
+    back from then on, so a second signal has its usual effect at once (Ctrl+C: "interrupted";
+    SIGTERM: the process ends); that loses only records not yet stored (the log stays whole:
+    the same command still resumes, from the last stored frame). A signal the process was
+    started to ignore (a job a script put in the background) stays ignored, and outside the
+    main thread (a test calling ``train`` from a worker) signals are left alone."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -265,13 +270,19 @@ class StopAtStepEnd:
         self._restore()
 
     def _restore(self) -> None:
-        for sig, handler in self._previous.items():
+        previous, self._previous = self._previous, {}  # taken first: a signal may come meanwhile
+        for sig, handler in previous.items():
             signal.signal(sig, handler)
-        self._previous.clear()
 
     def __enter__(self) -> StopAtStepEnd:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._on) for sig in self.SIGNALS}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current is signal.SIG_IGN or current is None:  # None: a handler set from C
+                continue
+            self._previous[sig] = current  # kept before ours is in place
+            signal.signal(sig, self._on)
         return self
 
     def __exit__(

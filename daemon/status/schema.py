@@ -49,7 +49,9 @@ class StepsStatus:
     done: bool
     per_s: float
     seconds_each: float | None
-    examples: int | None  # the batch of the last own step (it grows with --batch-growth)
+    # the batch of the last own step (it grows with --batch-growth); a default, so that
+    # `seedswarm status` reads a node of a version before it
+    examples: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +293,13 @@ def _from(tp: Any, data: Any) -> Any:
         if not isinstance(data, dict):
             raise ValueError(f"{tp.__name__}: expected an object, got {type(data).__name__}")
         hints = typing.get_type_hints(tp)
-        try:
-            return tp(
-                **{f.name: _from(hints[f.name], data[f.name]) for f in dataclasses.fields(tp)}
-            )
-        except KeyError as exc:
-            raise ValueError(f"{tp.__name__} lacks {exc.args[0]!r}") from None
+        values = {}
+        for f in dataclasses.fields(tp):
+            if f.name in data:
+                values[f.name] = _from(hints[f.name], data[f.name])
+            elif f.default is dataclasses.MISSING:  # a field added later has a default
+                raise ValueError(f"{tp.__name__} lacks {f.name!r}")
+        return tp(**values)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(data, list):

@@ -254,6 +254,7 @@ def test_the_dashboard_of_a_training_swarm(chromium: Browser, tmp_path: Path) ->
             ]:  # fmt: skip
                 assert needed in paths, f"the page does not show {needed}"
             assert st["eval"] is not None
+            assert st["steps"]["examples"] is not None  # shown as a number, not a dash
             assert st["eval"]["accuracy"] is not None
             assert seen["evalAccuracy"][0] is not None  # accuracy from the first evaluation
             peer = seen["peers"]["n1"]

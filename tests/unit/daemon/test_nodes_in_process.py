@@ -204,3 +204,11 @@ async def test_a_nodes_status_shows_the_batch_its_last_step_drew(tmp_path: Path)
     # the last step was taken on a model holding all but its own 2 records
     fraction = lr_at(1.0, "decay", 2 * STEPS, 2 * STEPS - 2)
     assert st.steps.examples == grown_batch(8, 4.0, fraction) == 32
+    # `seedswarm status` reads a node of a version before the field (a default), but not a
+    # status that lacks a field every version sends
+    older = st.to_json()
+    del older["steps"]["examples"]
+    assert NodeStatus.from_json(older).steps.examples is None
+    del older["steps"]["taken"]
+    with pytest.raises(ValueError, match="StepsStatus lacks 'taken'"):
+        NodeStatus.from_json(older)
