@@ -1,4 +1,4 @@
-"""``train``'s stop on a signal (daemon/cli/single.py ``StopAtStepEnd``), in this process: the
+"""``train``'s stop on a signal (daemon/cli/stop_signal.py ``StopAtStepEnd``), in this process: the
 first signal is noted and the previous handlers come back, a signal the process ignores stays
 ignored. The whole command stopped by Ctrl+C and kill is in tests/integration/test_cli.py."""
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from seedswarm.daemon.cli.single import StopAtStepEnd
+from seedswarm.daemon.cli.stop_signal import StopAtStepEnd
 
 
 @pytest.fixture
