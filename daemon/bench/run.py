@@ -13,6 +13,7 @@
   exact    millions of records in two orders and two batchings: one state, the headroom  (exact.py)
   scale    the swarm's records-efficiency for N = 1 .. 32 nodes, in virtual time        (scale.py)
   noise    how much of a batch's gradient is sampling noise, by batch size               (noise.py)
+  labels   which label words the base model ranks best, before any record              (labels.py)
 
 Every benchmark measures its ratios side by side in one run (common.py says why).
 """
@@ -108,4 +109,9 @@ def _run(s: BenchSettings) -> tuple[Result, str]:
 
         noise = bench_noise(s)
         return noise, print_noise(noise)
+    if which == "labels":
+        from .labels import bench_labels, print_labels
+
+        labels = bench_labels(s)
+        return labels, print_labels(labels)
     raise AssertionError(f"no benchmark {which!r}")  # the command line offers only BENCHES

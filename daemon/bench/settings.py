@@ -16,7 +16,7 @@ from seedswarm.daemon.settings import setting
 
 BENCHES = (
     "step", "apply", "wire", "quant", "live", "join", "control", "load", "learn", "exact", "scale",
-    "noise",
+    "noise", "labels",
 )  # fmt: skip
 DEFAULT_ARMS = "spsa,fzoo4,fzoo8,fzoo16,fzoo8-lowrank,fzoo8-2t,adamw,fzoo8-2n"
 
@@ -71,8 +71,12 @@ class BenchSettings:
     batches: str = setting("1,16,256", "apply: record batch sizes")
     frames: str = setting("1,4,16,64,256,1024", "wire: records per frame")
     broker: str = setting("auto", "wire: mosquitto, amqtt, or auto (mosquitto if installed)")
-    data: str = setting("builtin:patterns", "quant: training data")
-    eval: str = setting("", "quant: held-out data (default: a slice of the training data)")
+    data: str = setting("builtin:patterns", "quant, labels: training data")
+    eval: str = setting(
+        "",
+        "quant: held-out data (default: a slice of the training data); labels: held-out data "
+        "to report beside the training sample (default: none)",
+    )
     steps: int = setting(300, "quant: ZO steps per arm", check=positive)
     eval_every: int = setting(50, "quant: evaluate every N steps", check=positive)
     lr: float = setting(0.0, "quant: learning rate (0: the model's default)")
@@ -175,6 +179,15 @@ class BenchSettings:
         "noise: also per group of trainable tensors (layers folded): gradient, noise and "
         "curvature (Hutchinson, 3 backprops a batch), and what leaving each group out would do",
     )
+    labels_candidates: str = setting(
+        "",
+        "labels: sets of label words to score, each in label order with |, sets separated by ; "
+        "(default: built-in sets for negative/positive data)",
+    )
+    labels_sample: int = setting(
+        2000, "labels: training examples (a seeded sample) each set is scored on", check=positive
+    )
+    labels_batch: int = setting(64, "labels: examples per forward pass", check=positive)
     adapter: str = setting(
         "none",
         "step, apply: train a LoRA adapter on the model instead of its weights (none or lora)",

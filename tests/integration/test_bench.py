@@ -344,3 +344,73 @@ def test_bench_noise_says_what_it_needs() -> None:
     bad = cli("bench", "noise", "--noise-run", "x", "--noise-batches", "1")
     assert bad.returncode == 2
     assert "--noise-batches: 1 must be at least 2" in bad.stderr, bad.stderr
+
+
+def _reviews(path: Path) -> Path:
+    rows = [
+        ("a gorgeous , witty , seductive movie .", 1), ("the acting is dreadful .", 0),
+        ("one of the best films of the year", 1), ("a tedious , pointless mess", 0),
+        ("it 's a charming and often affecting journey .", 1), ("boring and badly written", 0),
+        ("a moving , funny and wise film", 1), ("the plot makes no sense at all", 0),
+        ("an enjoyable ride from start to finish", 1), ("i wanted my two hours back", 0),
+        ("beautifully shot and well acted", 1), ("a lifeless , clumsy sequel", 0),
+    ]  # fmt: skip
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+def test_bench_labels_scores_label_words_as_train_would_use_them(tmp_path: Path) -> None:
+    """Each candidate is scored on the base model exactly as `train --label-words` would
+    score it: its held-out figures are the zero-records evaluation of such a run."""
+    data = _reviews(tmp_path / "reviews.tsv")
+    out = cli_json(
+        "bench", "labels", "--model", "minilm", "--data", str(data), "--eval", str(data),
+        "--labels-candidates", "a negative review|a positive review;a bad film|a good film;"
+        "a good film|a bad film",
+    )  # fmt: skip
+    assert out["bench"] == "labels"
+    assert (out["scorer"], out["labels"]) == ("embed", ["negative", "positive"])
+    assert out["sample"] == out["eval_examples"] == 12  # the sample is capped at the data
+    scores = out["scores"]
+    assert len(scores) == 3
+    keys = [(-c["accuracy"], c["loss"]) for c in scores]
+    assert keys == sorted(keys)  # best first
+    assert out["best"] == scores[0]["words"]
+    assert [c["default"] for c in scores].count(True) == 1
+    flipped = next(c for c in scores if c["words"] == ["a good film", "a bad film"])
+    assert flipped is scores[-1]
+    assert flipped["accuracy"] < 0.5
+    for c in scores:  # the sample is the whole file here, so both columns agree
+        assert c["accuracy"] == c["eval_accuracy"]
+        assert math.isclose(c["loss"], c["eval_loss"], rel_tol=1e-6)
+    film = next(c for c in scores if c["words"] == ["a bad film", "a good film"])
+    run = cli_json(
+        "train", "--model", "minilm", "--data", str(data), "--eval", str(data), "--steps", "0",
+        "--label-words", "a bad film|a good film", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    (zero,) = run["eval"]
+    assert zero["accuracy"] == film["eval_accuracy"]
+    assert math.isclose(zero["loss"], film["eval_loss"], rel_tol=1e-5)  # eval batches differ
+
+
+def test_bench_labels_tries_built_in_sets_on_sentiment_and_says_what_it_needs(
+    tmp_path: Path,
+) -> None:
+    data = _reviews(tmp_path / "reviews.tsv")
+    text = cli("bench", "labels", "--model", "minilm", "--data", str(data), "--labels-sample",
+               "6", check=True)  # fmt: skip
+    assert "a negative review | a positive review (default)" in text.stdout
+    assert "a bad film | a good film" in text.stdout
+    assert "sample (6): accuracy" in text.stdout
+    assert "best on the training sample: --label-words '" in text.stdout
+    bad = cli("bench", "labels", "--model", "minilm", "--data", str(data),
+              "--labels-candidates", "negative|positive;only one")  # fmt: skip
+    assert bad.returncode == 2
+    assert "'only one' has 1 word; each set needs one non-empty word for each of the 2" in (
+        bad.stderr
+    ), bad.stderr
+    topics = tmp_path / "topics.tsv"
+    topics.write_text("text\tlabel\nstocks fell\tbusiness\na late goal\tsport\n", "utf-8")
+    none = cli("bench", "labels", "--model", "minilm", "--data", str(topics))
+    assert none.returncode == 2
+    assert "no built-in candidates for labels business, sport" in none.stderr, none.stderr
