@@ -58,7 +58,7 @@ class TrainerStatistics:
     step_rate: float  # own steps per second, recently
     record_rate: float  # records applied per second, recently
     seconds_each: float | None  # mean duration of the recent steps
-    examples: int | None  # the batch the last own step drew (None before one)
+    examples: int  # the batch the last own step drew; before one, the batch the next would
     loss_recent: float | None
     loss_first: float | None
     restored_records: int  # at start-up, from a snapshot
@@ -306,7 +306,11 @@ class Trainer:
             step_rate=step_rate,
             record_rate=record_rate,
             seconds_each=sum(times) / len(times) if times else None,
-            examples=s.examples,
+            examples=(
+                s.examples
+                if s.examples is not None
+                else self.replica.batch_at(sum(self.applied.values()))
+            ),
             loss_recent=s.recent_loss(),
             loss_first=s.first_loss,
             restored_records=s.restored_records,

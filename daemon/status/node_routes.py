@@ -92,7 +92,7 @@ class _Collector:
         if st.steps.examples is not None:
             yield gauge(
                 "seedswarm_step_examples",
-                "examples the last own step drew (grows with --batch-growth)",
+                "examples the last own step drew, or the next will (grows with --batch-growth)",
                 st.steps.examples,
             )
         yield gauge(

@@ -49,8 +49,9 @@ class StepsStatus:
     done: bool
     per_s: float
     seconds_each: float | None
-    # the batch of the last own step (it grows with --batch-growth); a default, so that
-    # `seedswarm status` reads a node of a version before it
+    # the batch of the last own step, or before one the batch the next would draw (it grows
+    # with --batch-growth); a default, so that `seedswarm status` reads a node of a version
+    # before it
     examples: int | None = None
 
 

@@ -190,7 +190,7 @@ async def test_a_restarted_node_that_applied_new_records_stops_with_a_snapshot(
 async def test_a_nodes_status_shows_the_batch_its_last_step_drew(tmp_path: Path) -> None:
     """--batch-growth on a decayed run: the node's status says how many examples its last step
     drew, which has grown past --batch-size as the rate fell (the size train prints a range
-    of, and the dashboard and /metrics show)."""
+    of, and the dashboard and /metrics show), and before a step the batch the next would draw."""
     bus = _bus(tmp_path)
     run = RunSettings(name="mem-grow", estimator="fzoo", directions=2, schedule="decay",
                       budget=2 * STEPS)  # fmt: skip
@@ -204,6 +204,17 @@ async def test_a_nodes_status_shows_the_batch_its_last_step_drew(tmp_path: Path)
     # the last step was taken on a model holding all but its own 2 records
     fraction = lr_at(1.0, "decay", 2 * STEPS, 2 * STEPS - 2)
     assert st.steps.examples == grown_batch(8, 4.0, fraction) == 32
+    # restarted, the node has no step to take this session; its status gives the batch a
+    # step would draw at the records it holds (the budget's: the rate is 0, the batch 4 x 8),
+    # not nothing (the dashboard showed "-" until a node's first step of a session)
+    again = _node(bus, tmp_path, "n0", 0, 1, run, batch_size=8, batch_growth=4.0)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(again.run(signals=False))
+        (restarted,) = await _until_agreed([again], {"n0": 2 * STEPS})
+        again.request_stop()
+    assert task.result() == 0
+    assert restarted.steps.this_session == 0
+    assert restarted.steps.examples == grown_batch(8, 4.0, 0.0) == 32
     # `seedswarm status` reads a node of a version before the field (a default), but not a
     # status that lacks a field every version sends
     older = st.to_json()
