@@ -58,7 +58,7 @@ class TrainerStatistics:
     step_rate: float  # own steps per second, recently
     record_rate: float  # records applied per second, recently
     seconds_each: float | None  # mean duration of the recent steps
-    examples: int  # the batch the last own step drew; before one, the batch the next would
+    examples: int  # the batch the last own step drew (before one: the next step's)
     loss_recent: float | None
     loss_first: float | None
     restored_records: int  # at start-up, from a snapshot

@@ -81,6 +81,16 @@ async def _until_agreed(nodes: list[Node], expect: dict[str, int]) -> list[NodeS
             await asyncio.sleep(0.1)
 
 
+async def _run_alone(node: Node, expect: dict[str, int]) -> NodeStatus:
+    """Run one node until it holds ``expect``, stop it, check it exited cleanly; its status."""
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(node.run(signals=False))
+        (st,) = await _until_agreed([node], expect)
+        node.request_stop()
+    assert task.result() == 0
+    return st
+
+
 async def test_three_nodes_reach_one_fingerprint(tmp_path: Path) -> None:
     bus = _bus(tmp_path)
     names = ["n0", "n1", "n2"]
@@ -195,11 +205,7 @@ async def test_a_nodes_status_shows_the_batch_its_last_step_drew(tmp_path: Path)
     run = RunSettings(name="mem-grow", estimator="fzoo", directions=2, schedule="decay",
                       budget=2 * STEPS)  # fmt: skip
     node = _node(bus, tmp_path, "n0", 0, 1, run, batch_size=8, batch_growth=4.0)
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(node.run(signals=False))
-        (st,) = await _until_agreed([node], {"n0": 2 * STEPS})
-        node.request_stop()
-    assert task.result() == 0
+    st = await _run_alone(node, {"n0": 2 * STEPS})
     assert st.steps.done
     # the last step was taken on a model holding all but its own 2 records
     fraction = lr_at(1.0, "decay", 2 * STEPS, 2 * STEPS - 2)
@@ -208,11 +214,7 @@ async def test_a_nodes_status_shows_the_batch_its_last_step_drew(tmp_path: Path)
     # step would draw at the records it holds (the budget's: the rate is 0, the batch 4 x 8),
     # not nothing (the dashboard showed "-" until a node's first step of a session)
     again = _node(bus, tmp_path, "n0", 0, 1, run, batch_size=8, batch_growth=4.0)
-    async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(again.run(signals=False))
-        (restarted,) = await _until_agreed([again], {"n0": 2 * STEPS})
-        again.request_stop()
-    assert task.result() == 0
+    restarted = await _run_alone(again, {"n0": 2 * STEPS})
     assert restarted.steps.this_session == 0
     assert restarted.steps.examples == grown_batch(8, 4.0, 0.0) == 32
     # `seedswarm status` reads a node of a version before the field (a default), but not a
